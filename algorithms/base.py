@@ -1,0 +1,207 @@
+"""The Algorithm interface every plug-in implements.
+
+An algorithm is a small class with
+
+* ``Config``: a dataclass of hyper-parameters, each field documented with ``metadata["help"]``;
+* ``needs``: what the trainer must provide (reference log-probs, a value head, a minimum group
+  size, a once-per-batch ``prepare`` pass);
+* ``loss(batch, logprobs, values, norm) -> LossOutput``: pure tensor code, no I/O.
+
+Losses are normalised by the explicit global denominators in :class:`Normalizers` (never by the
+size of the micro-batch at hand), so the loss and every metric of a batch is the SUM of those of
+its group-aligned micro-batches (or ranks). Algorithms register themselves by name::
+
+    @register("my-algo")
+    class MyAlgo(Algorithm):
+        ...
+
+and third parties add theirs through the ``rlft.algorithms`` entry-point group or by passing
+``package.module:Class`` wherever an algorithm name is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from torch import Tensor
+
+from rlft.batch import Batch
+from rlft.errors import UsageError
+from rlft.registry import Registry
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm needs from the trainer besides the Batch and current log-probs."""
+
+    ref_logprobs: bool = True
+    """Fill ``Batch.ref_logprobs`` with log pi_ref of every completion token."""
+    value_head: bool = False
+    """Pass ``values`` [B, T]: a learned value of the state before each completion token."""
+    min_group_size: int = 1
+    """Samples per prompt required (2 for group baselines and pairs)."""
+    prepare: bool = False
+    """Call ``prepare`` once per batch, before any update, with detached log-probs and values."""
+
+
+@dataclass(frozen=True)
+class Normalizers:
+    """Global loss denominators: totals over the WHOLE batch (all micro-batches and ranks).
+
+    Attributes:
+        sequences: number of completions B.
+        tokens: number of real completion tokens, sum of ``completion_mask``.
+        groups: number of groups (prompts).
+        max_tokens: the generation budget T_max (Dr. GRPO's constant length normaliser).
+    """
+
+    sequences: float
+    tokens: float
+    groups: float
+    max_tokens: float
+
+    @classmethod
+    def of(cls, batch: Batch, max_tokens: int | None = None) -> "Normalizers":
+        """Denominators of ``batch`` alone (the single-process, single-micro-batch case)."""
+        return cls(
+            sequences=float(len(batch)),
+            tokens=float(batch.completion_mask.sum()),
+            groups=float(batch.num_groups),
+            max_tokens=float(max_tokens or batch.completion_ids.shape[1]),
+        )
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss to minimise and detached scalar metrics (each additive over micro-batches)."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def hp(default: Any, help: str, **kwargs: Any) -> Any:
+    """A documented hyper-parameter field: ``beta: float = hp(0.05, "KL strength")``."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class AlgorithmConfig:
+    """Base of every algorithm's hyper-parameters. Subclasses add documented fields."""
+
+    epochs: int = hp(1, "optimisation passes over each batch")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if getattr(self, "beta", 0.0) < 0:
+            raise UsageError(f"beta must be >= 0, got {self.beta}; it is the KL strength")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> its documentation."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+class Algorithm:
+    """Base class: subclasses set ``name``, ``Config``, ``needs`` and implement ``loss``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    needs: ClassVar[Needs] = Needs()
+
+    def __init__(self, config: AlgorithmConfig | None = None, **overrides: Any) -> None:
+        config = config if config is not None else self.Config()
+        if overrides:
+            config = dataclasses.replace(config, **coerce_overrides(type(config), overrides))
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    def check_group_size(self, n: int) -> None:
+        """Raise a UsageError if ``n`` samples per prompt are too few for this algorithm."""
+        if n < self.needs.min_group_size:
+            raise UsageError(
+                f"{self.name} needs at least {self.needs.min_group_size} samples per prompt "
+                f"(group size), got {n}"
+            )
+
+    def prepare(self, batch: Batch, logprobs: Tensor, values: Tensor | None) -> dict[str, Tensor]:
+        """Per-sample tensors fixed for all epochs of a batch (stored in ``batch.extras``).
+
+        Called once per batch with detached current ``logprobs`` [B, T] and ``values`` [B, T],
+        only if ``needs.prepare``. Default: nothing.
+        """
+        return {}
+
+    def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:
+        """Loss of a group-aligned (micro-)batch.
+
+        Args:
+            batch: B completions (whole groups).
+            logprobs: [B, T] token log-probs of the completions under the current policy, with grad.
+            values: [B, T] value-head outputs with grad if ``needs.value_head``, else None.
+            norm: global denominators of the whole batch.
+        """
+        raise NotImplementedError
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", entry_point_group="rlft.algorithms")
+
+
+def register(name: str):
+    """Class decorator: register an Algorithm subclass under ``name`` (and set ``cls.name``)."""
+
+    def add(cls: type[Algorithm]) -> type[Algorithm]:
+        cls.name = name
+        ALGORITHMS.add(name, cls)
+        return cls
+
+    return add
+
+
+def coerce_overrides(config_cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Check names against the config's fields and convert strings ("0.5", "true") to field types."""
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    out = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise UsageError(f"{config_cls.__qualname__} has no hyper-parameter {key!r}; known: {', '.join(sorted(names))}")
+        out[key] = _coerce(value, hints[key], key) if isinstance(value, str) else value
+    return out
+
+
+def _coerce(text: str, hint: Any, key: str) -> Any:
+    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+    if choices:
+        if text not in choices:
+            raise UsageError(f"{key} must be one of {', '.join(map(str, choices))}, got {text!r}")
+        return text
+    try:
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if hint is float:
+            return float(text)  # accepts "inf"
+        if hint is int:
+            return int(text)
+    except ValueError:
+        raise UsageError(f"{key}={text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    return text
+
+
+def make(name: str, **overrides: Any) -> Algorithm:
+    """Instantiate a registered (or ``module:Class``) algorithm with hyper-parameter overrides."""
+    cls = ALGORITHMS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise UsageError(f"{name!r} is not an rlft Algorithm subclass")
+    return cls(**overrides)

@@ -1,0 +1,94 @@
+"""PPO with a learned value head and GAE, the RLHF recipe.
+
+Schulman et al., "Proximal policy optimization algorithms", arXiv:1707.06347; GAE: Schulman et al.,
+"High-dimensional continuous control using generalized advantage estimation", arXiv:1506.02438;
+per-token KL in the reward as in Ouyang et al., "Training language models to follow instructions
+with human feedback", arXiv:2203.02155.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from algorithms import functional as F
+from algorithms.base import Algorithm, AlgorithmConfig, LossOutput, Needs, Normalizers, hp, register
+from rlft.batch import Batch
+
+
+@dataclass
+class PPOConfig(AlgorithmConfig):
+    epochs: int = hp(2, "optimisation passes over each batch")
+    beta: float = hp(0.05, "per-token k1 KL penalty folded into the reward")
+    gamma: float = hp(1.0, "discount")
+    lam: float = hp(0.95, "GAE lambda")
+    clip_eps: float = hp(0.2, "policy ratio clip")
+    value_clip: float = hp(0.2, "value clip around the values at preparation time")
+    value_coef: float = hp(0.5, "weight of the value loss")
+    whiten_advantages: bool = hp(True, "normalise advantages to zero mean, unit std over the batch")
+
+
+def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalised advantage estimates [B, T] for right-padded sequences (value 0 after the end).
+
+    delta_t = r_t + gamma V_{t+1} - V_t;  A_t = delta_t + gamma lam A_{t+1}.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    T = values.shape[1]
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages
+
+
+@register("ppo")
+class PPO(Algorithm):
+    """PPO (Schulman et al. 2017) with value head, GAE and per-token KL reward (Ouyang et al. 2022).
+
+        r_t  = -beta (log pi(y_t) - log pi_ref(y_t)) + r * 1[t = last]      (fixed at preparation)
+        A_t  = GAE(r, V_old; gamma, lambda),  R_t = A_t + V_old_t
+        l_t  = -min(rho_t A_t, clip(rho_t, 1 +- eps) A_t)
+               + c_v / 2 * max((V_t - R_t)^2, (clip(V_t, V_old_t +- eps_v) - R_t)^2)
+        loss = token-mean(l)
+
+    with rho_t = pi(y_t) / mu(y_t) against the behaviour log-probs; several epochs per batch.
+    """
+
+    Config = PPOConfig
+    needs = Needs(ref_logprobs=True, value_head=True, prepare=True)
+
+    def prepare(self, batch: Batch, logprobs: Tensor, values: Tensor | None) -> dict[str, Tensor]:
+        cfg = self.config
+        mask = batch.mask
+        token_rewards = -cfg.beta * (logprobs - batch.ref_logprobs) * mask
+        last = (batch.lengths - 1).clamp(min=0)
+        token_rewards[torch.arange(len(batch)), last] += batch.rewards
+        advantages = gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
+        returns = advantages + values
+        if cfg.whiten_advantages:
+            mean = (advantages * mask).sum() / mask.sum()
+            std = (((advantages - mean) ** 2 * mask).sum() / mask.sum()).sqrt()
+            advantages = (advantages - mean) / (std + 1e-8) * mask
+        return {"advantages": advantages, "returns": returns, "old_values": values}
+
+    def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:
+        cfg = self.config
+        advantages, returns, old_values = (batch.extras[k] for k in ("advantages", "returns", "old_values"))
+        ratio = torch.exp(logprobs - batch.behavior_logprobs)
+        surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantages)
+        clipped_values = old_values + (values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
+        value_loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
+        mask = batch.completion_mask
+        pg_loss = F.aggregate(-surrogate, mask, "token-mean", norm)
+        vf_loss = F.aggregate(value_loss, mask, "token-mean", norm)
+        return LossOutput(
+            loss=pg_loss + cfg.value_coef * vf_loss,
+            metrics={"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach()},
+        )
