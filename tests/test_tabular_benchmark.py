@@ -1,0 +1,72 @@
+"""The tabular benchmark (Figure 1 of arXiv:2503.19612): files, resume, every algorithm, the claim."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import algorithms
+from benchmarks import tabular
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_paper_claim_with_default_settings(tmp_path):
+    """AGRO reaches pi* on- and off-policy; KL-regularised REINFORCE does not off-policy."""
+    tabular.main(["--algos", "agro,reinforce", "--offpolicy", "0,1", "--out", str(tmp_path)])
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 2 * 2 * 3 and (summary["status"] == "ok").all()
+    final = summary.groupby(["algo", "offpolicy"])["final_normalized_kl"].max()
+    assert final["agro", 0.0] <= 1e-3 and final["agro", 1.0] <= 1e-3
+    assert summary[(summary.algo == "reinforce") & (summary.offpolicy == 1.0)]["final_normalized_kl"].min() >= 1e-2
+
+
+def test_outputs_and_resume(tmp_path, capsys):
+    args = ["--algos", "agro", "--offpolicy", "0,0.5", "--seeds", "0,1", "--steps", "50", "--out", str(tmp_path)]
+    tabular.main(args)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert {"algo", "offpolicy", "seed", "final_normalized_kl"} <= set(summary.columns)
+    assert sorted(summary["offpolicy"].unique()) == [0.0, 0.5]
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert curves.groupby(["offpolicy", "seed"])["step"].max().eq(50).all()
+    assert curves[curves.step == 0]["normalized_kl"].sub(1.0).abs().max() < 1e-12  # starts at pi_ref
+    assert "| agro |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "normalized_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    cell_files = sorted((tmp_path / "cells").glob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in cell_files]
+    capsys.readouterr()
+    tabular.main(args)  # rerun: every cell is skipped
+    assert "4 of 4 cells already done" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in cell_files] == stamps
+
+
+def test_every_algorithm_runs(tmp_path):
+    tabular.main(["--offpolicy", "0,0.5,1", "--seeds", "0", "--steps", "100", "--out", str(tmp_path)])
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(summary["algo"]) == set(algorithms.available())
+    assert (summary["status"] == "ok").all(), summary[summary.status != "ok"][["algo", "error"]]
+    assert summary["final_normalized_kl"].notna().all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--beta", "-1"], "--beta must be > 0"),
+        (["--offpolicy", "0,1.5"], "outside [0, 1]"),
+        (["--algos", "agro", "--group-size", "1"], "agro needs at least 2 samples per prompt"),
+        (["--algos", "agro,nope"], "unknown algorithm 'nope'; known: agro,"),
+        (["--steps", "ten"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.tabular", *args, "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
