@@ -9,3 +9,7 @@ Command-line entry points turn it into that line on stderr and exit code 2, with
 
 class UsageError(ValueError):
     """Bad input from the user: a one-line, actionable message."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss (or metric the run depends on) became NaN or inf: the run stops with this error recorded."""

@@ -20,11 +20,8 @@ from torch import Tensor, nn
 
 from algorithms.base import Algorithm, Normalizers
 from rlft.batch import Batch
+from rlft.errors import NonFiniteLoss
 from rlft.mixing import offpolicy_groups
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss or gradient became NaN or inf: the run stops and records this error."""
 
 
 @dataclass
