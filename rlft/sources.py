@@ -1,0 +1,235 @@
+"""Behaviour sources and the on/off-policy mixer.
+
+A source turns problems into groups of n completions with the token log-probs of the policy that
+actually produced them (mu). The mixer fills every batch: a share ``offpolicy`` of its groups comes
+from the behaviour source, the rest from the current policy (rule in :mod:`rlft.mixing`).
+
+Sources (``--behavior``):
+
+* ``ref``: the paper's off-policy setting, an offline dataset of pi_ref samples: n samples per
+  prompt drawn ONCE from pi_ref the first time the prompt is used, cached, and reused every time
+  the prompt comes back (mu = pi_ref).
+* ``stale:K``: the policy of K optimizer steps earlier (the initial policy until K steps passed).
+* ``dataset:PATH``: a jsonl file of ``{"prompt", "completion", "reward"}`` rows (``prompt`` is the
+  question, formatted with the same prompt template; rows with the same prompt form a group). Its
+  behaviour log-probs are not known, so they are scored under pi_ref: the file is treated as a
+  sample of pi_ref. Groups are drawn from the file's own prompts, not from the training set.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from rlft.batch import Batch
+from rlft.data import Problem
+from rlft.engines.base import Generation, RolloutEngine, SamplingParams
+from rlft.errors import UsageError
+from rlft.mixing import offpolicy_groups
+from rlft.policy import token_logprobs
+
+#: (completion texts, gold answers) -> rewards
+RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+#: question -> prompt text (the chat template or plain format of the model's tokenizer)
+PromptFn = Callable[[str], str]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from any values, stable across processes (unlike ``hash``)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generation_batch(gen: Generation, rewards: Sequence[float], n: int, source: str,
+                     offpolicy: bool, version: int) -> Batch:
+    """Wrap an engine's Generation (groups of n adjacent rows) as a Batch."""
+    B = len(gen)
+    return Batch(
+        prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
+        completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
+        group_ids=torch.arange(B // n).repeat_interleave(n),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        behavior_logprobs=gen.logprobs.float(),
+        is_offpolicy=torch.full((B,), offpolicy),
+        policy_version=torch.full((B,), version, dtype=torch.long),
+        sources=[source] * B,
+    )
+
+
+class BehaviorSource:
+    """Base class: ``sample(problems, n, seed)`` -> a Batch of ``len(problems)`` groups."""
+
+    tag = "behavior"
+
+    def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
+        raise NotImplementedError
+
+    def after_update(self, step: int, state_dict: Mapping[str, Tensor]) -> None:
+        """Called after every optimizer step with the new policy weights. Default: nothing."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep to resume exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EngineSource(BehaviorSource):
+    """Samples from a rollout engine; rewards from the grader (shared by policy, ref and stale)."""
+
+    def __init__(self, engine: RolloutEngine, prompt_fn: PromptFn, reward_fn: RewardFn,
+                 params: SamplingParams, tag: str, offpolicy: bool, version: Callable[[], int]) -> None:
+        self.engine, self.prompt_fn, self.reward_fn, self.params = engine, prompt_fn, reward_fn, params
+        self.tag, self.offpolicy, self.version = tag, offpolicy, version
+
+    def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
+        gen = self.engine.generate([self.prompt_fn(p.question) for p in problems], n, self.params, seed=seed)
+        rewards = self.reward_fn(gen.texts, [p.answer for p in problems for _ in range(n)])
+        return generation_batch(gen, rewards, n, self.tag, self.offpolicy, self.version())
+
+
+class RefPoolSource(BehaviorSource):
+    """pi_ref samples drawn once per prompt (seeded by the prompt's id) and reused: an offline set."""
+
+    tag = "ref"
+
+    def __init__(self, ref_engine: RolloutEngine, prompt_fn: PromptFn, reward_fn: RewardFn,
+                 params: SamplingParams, seed: int) -> None:
+        self.sampler = EngineSource(ref_engine, prompt_fn, reward_fn, params, "ref", True, lambda: -1)
+        self.seed = seed
+        self.pool: dict[str, Batch] = {}
+
+    def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
+        missing = [p for p in problems if p.id not in self.pool]
+        if missing:
+            fresh = self.sampler.sample(missing, n, stable_seed(self.seed, "ref-pool", *(p.id for p in missing)))
+            for problem, group in zip(missing, fresh.group_slices(1)):
+                self.pool[problem.id] = group
+        return Batch.concat([self.pool[p.id] for p in problems])
+
+    def state_dict(self) -> dict:
+        return {"pool": self.pool}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool = dict(state["pool"])
+
+
+class StaleSource(BehaviorSource):
+    """The policy of ``lag`` optimizer steps ago, sampled by its own engine copy."""
+
+    def __init__(self, engine: RolloutEngine, lag: int, prompt_fn: PromptFn, reward_fn: RewardFn,
+                 params: SamplingParams, initial_state: Mapping[str, Tensor]) -> None:
+        if lag < 1:
+            raise UsageError(f"stale:K needs K >= 1 (steps of lag), got {lag}")
+        self.tag, self.lag = f"stale:{lag}", lag
+        self.engine = engine
+        self.snapshots: collections.deque = collections.deque(maxlen=lag + 1)
+        self.snapshots.append((0, _cpu_copy(initial_state)))
+        self.loaded_step = 0
+        self.sampler = EngineSource(engine, prompt_fn, reward_fn, params, self.tag, True, lambda: self.loaded_step)
+
+    def after_update(self, step: int, state_dict: Mapping[str, Tensor]) -> None:
+        self.snapshots.append((step, _cpu_copy(state_dict)))
+
+    def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
+        step, state = self.snapshots[0]  # K steps ago once the deque is full
+        if step != self.loaded_step or self.engine.version == 0:
+            self.engine.load_weights(state)
+            self.loaded_step = step
+        return self.sampler.sample(problems, n, seed)
+
+    def state_dict(self) -> dict:
+        return {"snapshots": list(self.snapshots)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.snapshots = collections.deque(state["snapshots"], maxlen=self.lag + 1)
+        self.engine.version = 0  # force a reload of the right snapshot
+
+
+class DatasetSource(BehaviorSource):
+    """Groups of completions from a jsonl file; behaviour log-probs scored under pi_ref."""
+
+    tag = "dataset"
+
+    def __init__(self, path: str | Path, tokenizer, ref_model: torch.nn.Module, prompt_fn: PromptFn) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"dataset:{path}: no such file (expected jsonl rows of prompt, completion, reward)")
+        self.tokenizer, self.ref_model, self.prompt_fn = tokenizer, ref_model, prompt_fn
+        groups: dict[str, list[tuple[str, float]]] = {}
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                groups.setdefault(str(row["prompt"]), []).append((str(row["completion"]), float(row["reward"])))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise UsageError(f"{self.path}:{number}: malformed row ({type(exc).__name__}: {exc}); "
+                                 "need prompt, completion and a numeric reward") from None
+        if not groups:
+            raise UsageError(f"{self.path} has no rows")
+        self.prompts = sorted(groups)
+        self.groups = groups
+
+    def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
+        g = torch.Generator().manual_seed(seed)
+        chosen = [self.prompts[i] for i in torch.randint(len(self.prompts), (len(problems),), generator=g)]
+        prompt_texts, completions, rewards = [], [], []
+        for prompt in chosen:
+            rows = self.groups[prompt]
+            for i in torch.randint(len(rows), (n,), generator=g).tolist():
+                prompt_texts.append(self.prompt_fn(prompt))
+                completions.append(rows[i][0])
+                rewards.append(rows[i][1])
+        tok = self.tokenizer
+        prompts = tok(prompt_texts, padding=True, padding_side="left", return_tensors="pt")
+        eos = tok.eos_token or ""
+        comps = tok([c + eos for c in completions], padding=True, padding_side="right",
+                    add_special_tokens=False, return_tensors="pt")
+        prompt_mask, completion_mask = prompts["attention_mask"].bool(), comps["attention_mask"].bool()
+        with torch.no_grad():
+            behavior = token_logprobs(self.ref_model, prompts["input_ids"], prompt_mask,
+                                      comps["input_ids"], completion_mask)
+        B = len(completions)
+        return Batch(
+            prompt_ids=prompts["input_ids"], prompt_mask=prompt_mask,
+            completion_ids=comps["input_ids"], completion_mask=completion_mask,
+            group_ids=torch.arange(B // n).repeat_interleave(n),
+            rewards=torch.tensor(rewards, dtype=torch.float32), behavior_logprobs=behavior.float(),
+            is_offpolicy=torch.ones(B, dtype=torch.bool), policy_version=torch.full((B,), -1),
+            sources=["dataset"] * B,
+        )
+
+
+def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+class Mixer:
+    """Fills each batch with on-policy groups and a share ``offpolicy`` of behaviour groups."""
+
+    def __init__(self, policy: BehaviorSource, behavior: BehaviorSource, offpolicy: float, seed: int) -> None:
+        if not 0.0 <= offpolicy <= 1.0:
+            raise UsageError(f"offpolicy {offpolicy:g} is outside [0, 1]; it is the share of off-policy groups per batch")
+        self.policy, self.behavior, self.offpolicy = policy, behavior, offpolicy
+        self.seed = seed
+
+    def batch(self, problems: Sequence[Problem], n: int, step: int) -> Batch:
+        """``len(problems)`` groups of ``n`` samples for optimizer step ``step`` (deterministic)."""
+        g = torch.Generator().manual_seed(stable_seed(self.seed, "mix", step))
+        off = offpolicy_groups(len(problems), self.offpolicy, g).tolist()
+        parts = []
+        on_problems = [p for p, o in zip(problems, off) if not o]
+        off_problems = [p for p, o in zip(problems, off) if o]
+        if on_problems:
+            parts.append(self.policy.sample(on_problems, n, stable_seed(self.seed, "policy", step)))
+        if off_problems:
+            parts.append(self.behavior.sample(off_problems, n, stable_seed(self.seed, "behavior", step)))
+        return Batch.concat(parts)

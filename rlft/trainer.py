@@ -1,0 +1,347 @@
+"""The training loop: mixer -> Batch -> reference log-probs -> algorithm.loss -> optimizer -> engine.
+
+One optimizer step (``Trainer.step``)::
+
+    problems (data registry) -> Mixer: on-policy groups from the engine at the current weights,
+    a share ``offpolicy`` of groups from the behaviour source -> rewards -> Batch
+    -> ref log-probs (frozen pi_ref) -> [algorithm.prepare] -> for each epoch, for each
+    group-aligned micro-batch: policy forward, algorithm.loss with GLOBAL normalisers, backward
+    -> clip, optimizer step -> engine.load_weights -> behaviour source sees the new weights
+
+The trainer knows no algorithm by name: it asks ``algorithm.needs`` what to compute. Log-probs are
+scored at the sampling temperature, so they agree with the behaviour log-probs the engine recorded.
+Every step appends one JSON line to ``OUT/metrics.jsonl``; ``OUT/checkpoint/`` is replaced
+atomically every ``save_every`` steps and a rerun with the same settings resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+import algorithms
+from algorithms.base import Normalizers
+from rlft.batch import Batch
+from rlft.data import Problem, format_prompt, load
+from rlft.engines import ENGINES
+from rlft.engines.base import SamplingParams
+from rlft.errors import NonFiniteLoss, UsageError
+from rlft.models import load_model
+from rlft.policy import PolicyWithValue, load_policy, save_policy, score_batch
+from rlft.rewards import Grader
+from rlft.sources import DatasetSource, EngineSource, Mixer, RefPoolSource, StaleSource, stable_seed
+
+#: Completion budget per model preset when ``max_new_tokens`` is 0 (arith answers are <= 6 tokens).
+DEFAULT_MAX_NEW_TOKENS = {"tiny": 8}
+FALLBACK_MAX_NEW_TOKENS = 256
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (saved as ``OUT/config.json``)."""
+
+    algo: str = "agro"
+    algo_args: dict[str, Any] = field(default_factory=dict)  # hyper-parameter overrides
+    model: str = "tiny"  # preset, local folder or hub name
+    dataset: str = "arith"
+    behavior: str = "ref"  # ref | stale:K | dataset:PATH
+    offpolicy: float = 0.0  # share of each batch's groups from the behaviour source
+    steps: int = 100
+    groups: int = 16  # prompts per step
+    group_size: int = 8  # samples per prompt
+    lr: float = 3e-5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 0  # 0: the preset's default (8 for tiny, else 256)
+    micro_groups: int = 0  # groups per micro-batch; 0: the whole batch at once
+    max_grad_norm: float = 1.0
+    eval_every: int = 25
+    eval_problems: int = 200
+    eval_samples: int = 4
+    save_every: int = 25
+    seed: int = 0
+    engine: str = "hf"
+    report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
+    out: str = "runs/train"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.offpolicy <= 1.0:
+            raise UsageError(f"offpolicy {self.offpolicy:g} is outside [0, 1]; it is the share of off-policy groups per batch")
+        for name in ("steps", "groups", "group_size", "eval_problems", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.temperature <= 0:
+            raise UsageError(f"temperature must be > 0 for training (log-probs are scored at it), got {self.temperature}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UsageError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+    @property
+    def completion_budget(self) -> int:
+        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(self.model, FALLBACK_MAX_NEW_TOKENS)
+
+
+class Trainer:
+    """RL fine-tuning of one model with one algorithm; see the module docstring for a step."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = cfg = config
+        self.algorithm = algorithms.make(cfg.algo, **cfg.algo_args)
+        self.algorithm.check_group_size(cfg.group_size)
+        self.out = Path(cfg.out)
+        behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
+        engine_cls = ENGINES.get(cfg.engine)
+        self.train_set = load(cfg.dataset, "train", seed=cfg.seed)
+        self.test_set = load(cfg.dataset, "test", seed=cfg.seed, limit=cfg.eval_problems)
+        torch.manual_seed(cfg.seed)
+        model, self.tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
+        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.policy = PolicyWithValue(model) if self.algorithm.needs.value_head else model
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       log_with=None if cfg.report_to == "none" else cfg.report_to,
+                                       project_dir=str(self.out))
+        self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        self.model = model  # the unwrapped LM: engine and checkpoints use it
+        self.ref_model.to(self.accelerator.device)
+
+        self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                                       max_new_tokens=cfg.completion_budget)
+        self.engine = engine_cls(model, self.tokenizer)
+        self.grader = Grader()
+        policy_source = EngineSource(self.engine, self.prompt, self.grader, self.sampling, "policy", False,
+                                     lambda: self.engine.version)
+        self.behavior = self._behavior_source(behavior_kind, behavior_arg)
+        self.mixer = Mixer(policy_source, self.behavior, cfg.offpolicy, cfg.seed)
+        self.start_step = 0
+
+    # ---------------------------------------------------------------------------- set-up
+    def prompt(self, question: str) -> str:
+        return format_prompt(question, self.tokenizer)
+
+    def _behavior_source(self, kind: str, arg: str):
+        if kind == "ref":
+            ref_engine = ENGINES.get("hf")(self.ref_model, self.tokenizer)
+            return RefPoolSource(ref_engine, self.prompt, self.grader, self.sampling, self.config.seed)
+        if kind == "stale":
+            engine = ENGINES.get("hf")(self.model, self.tokenizer, own_copy=True)
+            return StaleSource(engine, int(arg), self.prompt, self.grader, self.sampling, self.model.state_dict())
+        return DatasetSource(arg, self.tokenizer, self.ref_model, self.prompt)
+
+    def problems_for_step(self, step: int) -> list[Problem]:
+        """The ``groups`` training problems of step ``step`` (1-based): seeded epochs over the train set."""
+        G, N = self.config.groups, len(self.train_set)
+        out = []
+        for i in range((step - 1) * G, step * G):
+            epoch, index = divmod(i, N)
+            order = torch.randperm(N, generator=torch.Generator().manual_seed(stable_seed(self.config.seed, "epoch", epoch)))
+            out.append(self.train_set[int(order[index])])
+        return out
+
+    # ------------------------------------------------------------------------------ a step
+    def step(self, step: int) -> dict[str, float]:
+        cfg, algo = self.config, self.algorithm
+        start = time.perf_counter()
+        batch = self.mixer.batch(self.problems_for_step(step), cfg.group_size, step).to(self.accelerator.device)
+        rollout_seconds = time.perf_counter() - start
+        with torch.no_grad():
+            batch.ref_logprobs = score_batch(self.ref_model, batch, temperature=cfg.temperature).logprobs
+        norm = Normalizers.of(batch, max_tokens=cfg.completion_budget)
+        if algo.needs.prepare:
+            with torch.no_grad():
+                scores = score_batch(self.policy, batch, temperature=cfg.temperature)
+                batch.extras = algo.prepare(batch, scores.logprobs, scores.values)
+        micro_batches = batch.group_slices(cfg.micro_groups) if cfg.micro_groups else [batch]
+        sums: dict[str, float] = {}
+        seq_logprobs, entropy_sum = [], 0.0
+        for epoch in range(algo.epochs):
+            for micro in micro_batches:
+                scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
+                out = algo.loss(micro, scores.logprobs, scores.values, norm)
+                if not torch.isfinite(out.loss):
+                    raise NonFiniteLoss(f"step {step}: {algo.name} loss is {out.loss.item()}")
+                self.accelerator.backward(out.loss)
+                if epoch == 0:
+                    for key, value in {"loss": out.loss, **out.metrics}.items():
+                        sums[key] = sums.get(key, 0.0) + value.detach().item()
+                    seq_logprobs.append(micro.sequence_sum(scores.logprobs.detach()))
+                    entropy_sum += float((scores.entropy.detach() * micro.mask).sum())
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLoss(f"step {step}: gradient norm is {grad_norm}")
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        state = self.model.state_dict()
+        self.engine.load_weights(state)
+        self.behavior.after_update(step, state)
+
+        ell = torch.cat(seq_logprobs) - batch.ref_seq_logprobs
+        off = batch.is_offpolicy
+        tokens = float(batch.completion_mask.sum())
+        seconds = time.perf_counter() - start
+        return {
+            "reward": float(batch.rewards.mean()),
+            "reward_onpolicy": _masked_mean(batch.rewards, ~off),
+            "reward_offpolicy": _masked_mean(batch.rewards, off),
+            "kl_ref": _masked_mean(ell, ~off),  # mean ell on the policy's own samples: KL(pi || pi_ref)
+            "ell_offpolicy": _masked_mean(ell, off),  # drift from the behaviour data
+            "entropy": entropy_sum / tokens,
+            "grad_norm": grad_norm,
+            "offpolicy_share": float(off.float().mean()),
+            "completion_tokens": tokens / len(batch),
+            "tokens_per_s": tokens / seconds,
+            "rollout_seconds": rollout_seconds,
+            "step_seconds": seconds,
+            **{key: value for key, value in sums.items()},
+        }
+
+    # -------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy accuracy, mean accuracy of sampled completions and KL(pi || pi_ref) on the test split."""
+        cfg = self.config
+        prompts = [self.prompt(p.question) for p in self.test_set]
+        golds = [p.answer for p in self.test_set]
+        greedy = self.engine.generate(prompts, 1, dataclasses.replace(self.sampling, temperature=0.0),
+                                      seed=stable_seed(cfg.seed, "eval-greedy", step))
+        sampled = self.engine.generate(prompts, cfg.eval_samples, self.sampling,
+                                       seed=stable_seed(cfg.seed, "eval-sampled", step))
+        sampled_rewards = self.grader(sampled.texts, [g for g in golds for _ in range(cfg.eval_samples)])
+        as_batch = Batch(prompt_ids=sampled.prompt_ids, prompt_mask=sampled.prompt_mask,
+                         completion_ids=sampled.completion_ids, completion_mask=sampled.completion_mask,
+                         group_ids=torch.arange(len(sampled)), rewards=torch.tensor(sampled_rewards),
+                         behavior_logprobs=sampled.logprobs).to(self.accelerator.device)
+        ref = score_batch(self.ref_model, as_batch, temperature=cfg.temperature).logprobs
+        ell = as_batch.sequence_sum(as_batch.behavior_logprobs - ref)
+        return {
+            "eval_greedy_accuracy": sum(self.grader(greedy.texts, golds)) / len(golds),
+            "eval_accuracy": sum(sampled_rewards) / len(sampled_rewards),
+            "eval_kl_ref": float(ell.mean()),
+            "eval_completion_tokens": float(sampled.completion_mask.sum()) / len(sampled),
+        }
+
+    # --------------------------------------------------------------------------- the loop
+    def train(self) -> list[dict[str, Any]]:
+        """Run (or resume) to ``config.steps``; return every metrics record of this run."""
+        cfg = self.config
+        self._prepare_out_dir()
+        if cfg.report_to != "none":
+            self.accelerator.init_trackers("rlft", config=_flat(dataclasses.asdict(cfg)))
+        records = []
+        try:
+            if self.start_step == 0:
+                records.append(self._log({"step": 0, **self.evaluate(0)}))
+            bar = tqdm(range(self.start_step + 1, cfg.steps + 1), desc=f"{cfg.algo} p={cfg.offpolicy:g}",
+                       unit="step", initial=self.start_step, total=cfg.steps)
+            for step in bar:
+                record = {"step": step, **self.step(step)}
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    record.update(self.evaluate(step))
+                records.append(self._log(record))
+                bar.set_postfix(reward=f"{record['reward']:.2f}", loss=f"{record['loss']:.3g}")
+                if step % cfg.save_every == 0 or step == cfg.steps:
+                    self.save_checkpoint(step)
+        except Exception as exc:
+            (self.out / "error.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            raise
+        finally:
+            if cfg.report_to != "none":
+                self.accelerator.end_training()
+        return records
+
+    def _log(self, record: dict[str, Any]) -> dict[str, Any]:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.config.report_to != "none":
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        return record
+
+    def _prepare_out_dir(self) -> None:
+        """Write config.json, or resume: check it matches and load the checkpoint."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        config_path = self.out / "config.json"
+        settings = {"train": dataclasses.asdict(self.config),
+                    "algorithm": dataclasses.asdict(self.algorithm.config)}
+        if config_path.exists():
+            saved = json.loads(config_path.read_text())
+            mine = json.loads(json.dumps(settings, default=str))
+            if {**saved["train"], "steps": 0} != {**mine["train"], "steps": 0}:
+                raise UsageError(f"{self.out} holds a run with other settings; use another --out or delete it")
+        config_path.write_text(json.dumps(settings, indent=1, default=str))
+        (self.out / "error.json").unlink(missing_ok=True)
+        if (self.out / "checkpoint" / "trainer_state.json").exists():
+            self.load_checkpoint()
+        else:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+
+    # -------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, step: int) -> None:
+        """Replace ``OUT/checkpoint`` atomically: policy (+ value head), optimizer, sources, step."""
+        tmp, final = self.out / "checkpoint.tmp", self.out / "checkpoint"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy = self.accelerator.unwrap_model(self.policy)
+        save_policy(tmp, self.model, self.tokenizer, getattr(policy, "value_head", None))
+        torch.save({"optimizer": self.optimizer.state_dict(), "behavior": self.behavior.state_dict()}, tmp / "trainer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "engine_version": self.engine.version}))
+        old = self.out / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> None:
+        path = self.out / "checkpoint"
+        state = json.loads((path / "trainer_state.json").read_text())
+        model, _, value_head = load_policy(path, dtype=getattr(torch, self.config.dtype))
+        self.model.load_state_dict(model.state_dict())
+        policy = self.accelerator.unwrap_model(self.policy)
+        if value_head is not None and hasattr(policy, "value_head"):
+            policy.value_head.load_state_dict(value_head.state_dict())
+        extra = torch.load(path / "trainer.pt", weights_only=False)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.behavior.load_state_dict(extra["behavior"])
+        self.engine.version = state["engine_version"]
+        self.start_step = state["step"]
+        # drop metrics of steps after the checkpoint: they are redone identically
+        lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= self.start_step]
+        (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+
+def parse_behavior(spec: str) -> tuple[str, str]:
+    """``"ref"`` | ``"stale:K"`` | ``"dataset:PATH"`` -> (kind, argument), validated."""
+    kind, _, arg = spec.partition(":")
+    if kind == "ref" and not arg:
+        return kind, arg
+    if kind == "stale":
+        if not arg.isdigit() or int(arg) < 1:
+            raise UsageError(f"--behavior {spec!r}: K in stale:K must be an integer number of steps >= 1")
+        return kind, arg
+    if kind == "dataset" and arg:
+        if not Path(arg).is_file():
+            raise UsageError(f"--behavior {spec!r}: no such file (jsonl rows of prompt, completion, reward)")
+        return kind, arg
+    raise UsageError(f"unknown behaviour source {spec!r}; use ref, stale:K or dataset:PATH")
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean over ``mask``; None (JSON null) when nothing is selected."""
+    return float(values[mask].mean()) if bool(mask.any()) else None
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in config.items()}
