@@ -145,3 +145,16 @@ def test_cli_bad_input(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_metrics_reach_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(small_config(tmp_path, steps=2, report_to="tensorboard")).train()
+    event_files = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert event_files, "no tensorboard event file written"
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "reward" in tags and "eval_accuracy" in tags
+    assert [e.step for e in events.Scalars("reward")] == [1, 2]
