@@ -54,6 +54,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--engine", default=d.engine, help="rollout engine: hf (default)")
     p.add_argument("--dtype", default=d.dtype, help="float32 or bfloat16")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
     p.add_argument("--report-to", default=d.report_to, choices=["none", "tensorboard", "wandb"],
                    help="also send metrics to an accelerate tracker")
     p.add_argument("--out", default=d.out, help="run directory (default runs/train)")

@@ -45,6 +45,9 @@ from rlft.sources import DatasetSource, EngineSource, Mixer, RefPoolSource, Stal
 #: Completion budget per model preset when ``max_new_tokens`` is 0 (arith answers are <= 6 tokens).
 DEFAULT_MAX_NEW_TOKENS = {"tiny": 8}
 FALLBACK_MAX_NEW_TOKENS = 256
+#: Below this many parameters one CPU thread is faster: kernel launch and thread sync dominate,
+#: and two threads contending with any other process slowed a tiny-preset step 10x here.
+SMALL_MODEL_PARAMS = 20_000_000
 
 
 @dataclass
@@ -75,6 +78,7 @@ class TrainConfig:
     report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
     out: str = "runs/train"
     dtype: str = "float32"
+    threads: int = 0  # CPU threads for torch; 0: 1 for models under SMALL_MODEL_PARAMS, else torch's default
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offpolicy <= 1.0:
@@ -108,6 +112,8 @@ class Trainer:
         self.test_set = load(cfg.dataset, "test", seed=cfg.seed, limit=cfg.eval_problems)
         torch.manual_seed(cfg.seed)
         model, self.tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
+        if cfg.threads or sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+            torch.set_num_threads(cfg.threads or 1)
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.policy = PolicyWithValue(model) if self.algorithm.needs.value_head else model
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=0.0)
