@@ -2,8 +2,10 @@
 
 Layout of a sweep directory::
 
+    DIR/sweep.json            the manifest: which kind of sweep wrote the directory, with which settings
     DIR/cells/<cell>.json     one record per finished (or failed) cell: its keys, settings, results
     DIR/curves/<cell>.csv     the cell's per-step curve
+    DIR/runs/<cell>/          (LM sweeps) the cell's trainer run directory, kept for resuming
     DIR/summary.csv, table.md, *.png   rebuilt from the files above by benchmarks.report
 
 A cell's JSON is written last, so its presence means the cell is complete; a rerun skips it.
@@ -62,8 +64,21 @@ class ResultStore:
     def curve_path(self, name: str) -> Path:
         return self.root / "curves" / f"{name}.csv"
 
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / name
+
     def is_done(self, name: str) -> bool:
         return self.cell_path(name).exists()
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        """The stored record of cell ``name``, or None if it has none yet."""
+        path = self.cell_path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The parsed ``sweep.json``, or None if the directory has none yet."""
+        path = self.root / "sweep.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def save(self, name: str, record: dict[str, Any], curve: pd.DataFrame | None = None) -> None:
         """Store a finished cell: the curve first, then the record that marks it complete."""

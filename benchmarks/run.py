@@ -1,0 +1,416 @@
+"""The language-model benchmark: algorithms x off-policy share x seed x grid point, each a real run.
+
+    python -m benchmarks.run --algos agro,grpo --offpolicy 0,0.5,1
+    python -m benchmarks.run --algos agro,grpo --grid beta=0.05,0.5 --grid agro.baseline=mean,loo
+    python -m benchmarks.report results/sweep       # rebuild the tables and plots from the files
+
+Each cell trains the model (default: the tiny preset on arith) with rlft.trainer.Trainer, in this
+process, one cell after another, in DIR/runs/<cell>/ (config.json with every setting,
+metrics.jsonl, checkpoint/). When a cell ends, its curve DIR/curves/<cell>.csv and then its record
+DIR/cells/<cell>.json are written atomically; the record marks the cell done. Rerunning the same
+command skips finished cells, and a cell that was killed resumes from its last trainer checkpoint
+(--save-every). A cell that fails (NaN loss, any exception) is recorded with status "failed" and
+its error, and the sweep goes on. At the end DIR/summary.csv, curves.csv, table.md, accuracy.png
+and final_accuracy.png are rebuilt from the cell files. Cells run seed by seed, so a partial sweep
+already covers every algorithm and off-policy share.
+
+--grid KEY=V1,V2 (repeatable) multiplies the cells by the values of one hyper-parameter:
+  * a TrainConfig field (lr, temperature, top_p, group_size, groups, max_new_tokens, behavior, ...);
+  * an algorithm hyper-parameter, for every selected algorithm that has it (beta=0.05,0.5);
+  * ALGO.KEY, for that algorithm only (agro.baseline=mean,loo): the others are not multiplied.
+Grid keys become columns of summary.csv and table.md and facets of the plots. A TrainConfig field
+wins over an algorithm hyper-parameter of the same name; ALGO.KEY always means the algorithm's.
+
+DIR defaults to results/sweep, plus a suffix for each setting that differs from the defaults
+(results/sweep-stale_2-steps40-beta). A directory only takes cells with its own settings: another
+--algos, --offpolicy, --seeds or other grid values add cells; other settings need another --out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import algorithms
+from algorithms.base import coerce_overrides
+from benchmarks import report
+from benchmarks.store import ResultStore, cell_name
+from rlft import cli
+from rlft.data import load
+from rlft.engines import ENGINES
+from rlft.errors import UsageError
+from rlft.models import load_model
+from rlft.sources import DatasetSource
+from rlft.trainer import TrainConfig, Trainer, parse_behavior
+
+KIND = "lm"
+#: Defaults that differ from TrainConfig's, sized so that the README command
+#: (2 algorithms x 3 off-policy shares x 2 seeds) takes under 10 minutes on 2 CPU cores.
+SWEEP_DEFAULTS = dict(steps=16, eval_every=8, eval_problems=100, eval_samples=4, save_every=4)
+#: TrainConfig fields that --grid cannot sweep: the cell axes, sweep-level choices, bookkeeping.
+NOT_GRIDDABLE = ("algo", "algo_args", "offpolicy", "seed", "out", "model", "dataset", "engine", "report_to")
+
+
+@dataclass(frozen=True)
+class GridKey:
+    """One ``--grid`` axis.
+
+    Attributes:
+        name: its column: ``lr``, ``beta``, ``agro.baseline``.
+        field: the field it sets: ``lr``, ``beta``, ``baseline``.
+        train: True for a TrainConfig field, False for an algorithm hyper-parameter.
+        values: algorithm -> its typed values, for every algorithm the key multiplies.
+    """
+
+    name: str
+    field: str
+    train: bool
+    values: dict[str, tuple]
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: its keys (algo, offpolicy, seed, grid values) and trainer settings."""
+
+    keys: dict[str, Any]
+    config: TrainConfig
+    algorithm_config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.keys)
+
+
+def parse_args(argv: Sequence[str] | None):
+    d = TrainConfig(**SWEEP_DEFAULTS)
+    p = cli.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                           formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algos", default=",".join(algorithms.available()),
+                   help="comma list of registered algorithm names or module:Class (default: all registered)")
+    p.add_argument("--offpolicy", default="0,0.5,1",
+                   help="comma list of off-policy shares in [0, 1]: the share of each batch's groups taken "
+                        "from the --behavior source (default 0,0.5,1)")
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1); the table's 95 %% "
+                   "interval is a t-interval over them")
+    p.add_argument("--preset", "--model", dest="model", default=d.model,
+                   help="model preset (tiny, smollm2-135m), local folder or hub name (default tiny)")
+    p.add_argument("--dataset", default=d.dataset,
+                   help="data spec: arith, gsm8k[:PATH], math[:PATH], math500[:PATH], champ, rg:TASK, jsonl:PATH "
+                        "(default arith)")
+    p.add_argument("--behavior", default=d.behavior,
+                   help="off-policy source: ref (pi_ref samples, drawn once per prompt), stale:K (the policy "
+                        "K steps ago) or dataset:PATH (jsonl of prompt, completion, reward) (default ref)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps per cell (default {d.steps})")
+    p.add_argument("--groups", type=int, default=d.groups, help=f"prompts per step (default {d.groups})")
+    p.add_argument("--group-size", type=int, default=d.group_size,
+                   help=f"samples per prompt (default {d.group_size})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"steps between test evaluations; also at step 0 and the last step (default {d.eval_every})")
+    p.add_argument("--eval-problems", type=int, default=d.eval_problems,
+                   help=f"test problems per evaluation (default {d.eval_problems})")
+    p.add_argument("--eval-samples", type=int, default=d.eval_samples,
+                   help=f"sampled completions per test problem, besides one greedy (default {d.eval_samples})")
+    p.add_argument("--save-every", type=int, default=d.save_every,
+                   help=f"steps between trainer checkpoints: a killed cell resumes from the last (default {d.save_every})")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="repeatable: sweep a TrainConfig field (lr=1e-5,3e-5), an algorithm hyper-parameter "
+                        "of every algorithm that has it (beta=0.05,0.5) or of one algorithm (agro.baseline=mean,loo)")
+    p.add_argument("--engine", default=d.engine, help="rollout engine (default hf)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default 0: 1 for the tiny preset, which is fastest for it on a "
+                        "shared CPU, else torch's default)")
+    p.add_argument("--out", default="",
+                   help="sweep directory (default results/sweep, plus a suffix per non-default setting)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="rerun the cells recorded as failed (each resumes from its checkpoint, if any)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each finished cell's final checkpoint (default: delete it once the cell is recorded)")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------- settings
+def base_settings(args) -> dict[str, Any]:
+    """The TrainConfig fields every cell shares before grid values (saved in sweep.json)."""
+    settings = dataclasses.asdict(TrainConfig(**SWEEP_DEFAULTS))
+    settings.update(model=args.model, dataset=args.dataset, behavior=args.behavior, steps=args.steps,
+                    groups=args.groups, group_size=args.group_size, eval_every=args.eval_every,
+                    eval_problems=args.eval_problems, eval_samples=args.eval_samples,
+                    save_every=args.save_every, engine=args.engine)
+    # write the completion budget out, so every config.json states it
+    settings["max_new_tokens"] = TrainConfig(model=args.model).completion_budget
+    for name in NOT_GRIDDABLE:
+        if name not in ("model", "dataset", "engine"):
+            settings.pop(name)
+    return settings
+
+
+def check_settings(config: TrainConfig) -> None:
+    """The checks TrainConfig leaves out (a zero ``eval_every`` would crash a cell mid-run)."""
+    for name in ("eval_every", "save_every"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    for name in ("max_new_tokens", "micro_groups"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not 0.0 < config.top_p <= 1.0:
+        raise UsageError(f"top_p must be in (0, 1], got {config.top_p:g}")
+    parse_behavior(config.behavior)
+
+
+def parse_grid(items: Sequence[str], algos: Sequence[str]) -> list[GridKey]:
+    """Parse and type every ``--grid KEY=V1,V2``; unknown keys are an error listing the valid ones."""
+    train_fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_GRIDDABLE]
+    algo_fields = {algo: list(algorithms.get(algo).Config.help()) for algo in algos}
+    keys: list[GridKey] = []
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, raw = name.strip(), cli.comma_list(text)
+        if not sep or not name or not raw:
+            raise UsageError(f"--grid expects KEY=V1,V2,..., got {item!r}")
+        if any(k.name == name for k in keys):
+            raise UsageError(f"--grid {name} is given twice; list all its values in one --grid {name}=V1,V2")
+        qualifier, dot, field = name.rpartition(".")
+        if name in train_fields:
+            typed = _typed(TrainConfig, name, raw, name)
+            key = GridKey(name, name, True, {algo: typed for algo in algos})
+        elif dot:
+            if qualifier not in algo_fields:
+                raise UsageError(f"--grid {name}: {qualifier!r} is not one of --algos ({', '.join(algos)})")
+            if field not in algo_fields[qualifier]:
+                raise UsageError(f"--grid {name}: {qualifier} has no hyper-parameter {field!r}; "
+                                 f"known: {', '.join(sorted(algo_fields[qualifier]))}")
+            key = GridKey(name, field, False, {qualifier: _typed(algorithms.get(qualifier).Config, field, raw, name)})
+        else:
+            owners = [algo for algo in algos if name in algo_fields[algo]]
+            if not owners:
+                hps = sorted({f for fields in algo_fields.values() for f in fields})
+                raise UsageError(f"unknown --grid key {name!r}; valid: TrainConfig fields {', '.join(train_fields)}; "
+                                 f"hyper-parameters of --algos {', '.join(hps)}; or ALGO.KEY")
+            key = GridKey(name, name, False,
+                          {algo: _typed(algorithms.get(algo).Config, name, raw, name) for algo in owners})
+        keys.append(key)
+    for algo in algos:  # beta and agro.beta would both set agro's beta
+        fields = [(k.train, k.field) for k in keys if algo in k.values]
+        clash = next((f for f in fields if fields.count(f) > 1), None)
+        if clash:
+            names = [k.name for k in keys if algo in k.values and (k.train, k.field) == clash]
+            raise UsageError(f"--grid {' and --grid '.join(names)} both set {algo}'s {clash[1]}; keep one")
+    return keys
+
+
+def _typed(config_cls: type, field: str, raw: Sequence[str], name: str) -> tuple:
+    """The values of ``--grid name`` converted to the type of ``config_cls.field``, no repeats."""
+    try:
+        values = tuple(coerce_overrides(config_cls, {field: text})[field] for text in raw)
+    except UsageError as exc:
+        raise UsageError(f"--grid {name}: {exc}") from None
+    if len(set(values)) < len(values):
+        raise UsageError(f"--grid {name} lists a value twice: {','.join(raw)}")
+    return values
+
+
+def build_cells(args, grid: Sequence[GridKey], root: Path) -> list[Cell]:
+    """Every cell, validated: seed-major, then algorithm, off-policy share and grid point."""
+    algos = cli.comma_list(args.algos)
+    offpolicies = cli.fractions(args.offpolicy)
+    seeds = cli.int_list(args.seeds, "--seeds")
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise UsageError(f"--seeds needs distinct integers, got {args.seeds!r}")
+    if len(set(offpolicies)) < len(offpolicies):
+        raise UsageError(f"--offpolicy lists a share twice: {args.offpolicy}")
+    base = base_settings(args)
+    cells = []
+    for seed in seeds:
+        for algo in algos:
+            axes = [k for k in grid if algo in k.values]
+            for offpolicy in offpolicies:
+                for point in itertools.product(*(k.values[algo] for k in axes)):
+                    keys = {"algo": algo, "offpolicy": offpolicy, "seed": seed,
+                            **{k.name: v for k, v in zip(axes, point)}}
+                    train = {k.field: v for k, v in zip(axes, point) if k.train}
+                    algo_args = {k.field: v for k, v in zip(axes, point) if not k.train}
+                    config = TrainConfig(**{**base, **train}, algo=algo, algo_args=algo_args, offpolicy=offpolicy,
+                                         seed=seed, out=str(root / "runs" / cell_name(keys)))
+                    check_settings(config)
+                    algorithm = algorithms.make(algo, **algo_args)
+                    algorithm.check_group_size(config.group_size)
+                    cells.append(Cell(keys, config, dataclasses.asdict(algorithm.config)))
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        raise UsageError("two cells map to the same file name; give algorithms names that differ in more "
+                         "than '/', ':' or spaces")
+    return cells
+
+
+def check_data(cells: Sequence[Cell]) -> None:
+    """Load the dataset's splits and parse every --behavior dataset file (malformed rows fail here)."""
+    for spec in sorted({c.config.dataset for c in cells}):
+        load(spec, "train", seed=0)
+        load(spec, "test", seed=0, limit=1)
+    for behavior in sorted({c.config.behavior for c in cells}):
+        kind, arg = parse_behavior(behavior)
+        if kind == "dataset":
+            DatasetSource(arg, tokenizer=None, ref_model=None, prompt_fn=None)
+
+
+def default_out(args, grid: Sequence[GridKey]) -> Path:
+    """``results/sweep`` plus one suffix per setting that differs from the defaults, then grid keys."""
+    defaults, mine = base_settings(parse_args([])), base_settings(args)
+    parts = ["sweep"]
+    for name, value in mine.items():
+        if value != defaults[name]:
+            text = "_".join(Path(part).name or part for part in str(value).split(":"))
+            parts.append(text if name in ("model", "dataset", "behavior", "engine") else f"{name}{text}")
+    parts += [k.name for k in grid]
+    return Path("results") / "-".join(p.replace(" ", "") for p in parts)
+
+
+def check_manifest(store: ResultStore, settings: dict[str, Any], grid: Sequence[GridKey]) -> None:
+    """A directory only takes cells with its own settings and grid keys (else their rows would mix)."""
+    old = store.manifest()
+    if old is None:
+        return
+    if old.get("kind") != KIND:
+        raise UsageError(f"{store.root} holds a {old.get('kind')} sweep, not an LM sweep; pass another --out")
+    mine = json.loads(json.dumps(settings))
+    theirs = old.get("settings", {})
+    diffs = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in mine.items() if theirs.get(k) != v]
+    if sorted(old.get("grid", [])) != sorted(k.name for k in grid):
+        diffs.append(f"grid keys {old.get('grid', [])} there, {[k.name for k in grid]} now")
+    if diffs:
+        raise UsageError(f"{store.root} holds a sweep with other settings ({'; '.join(diffs)}); "
+                         "pass another --out or the same settings")
+
+
+# --------------------------------------------------------------------------------- a cell
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl (none if absent; a torn last line is ignored)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def final_metrics(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Results of a finished run: the last evaluation, and means over its last quarter of steps."""
+    evals = [m for m in metrics if m.get("eval_accuracy") is not None]
+    train = [m for m in metrics if m["step"] > 0]
+    window = train[-max(1, math.ceil(steps / 4)):]
+
+    def mean(key: str, rows: list[dict[str, Any]]) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    last = evals[-1] if evals else {}
+    return {
+        "initial_accuracy": evals[0]["eval_accuracy"] if evals and evals[0]["step"] == 0 else None,
+        "final_accuracy": last.get("eval_accuracy"),
+        "final_greedy_accuracy": last.get("eval_greedy_accuracy"),
+        "final_kl_ref": last.get("eval_kl_ref"),
+        "final_eval_step": last.get("step"),
+        "final_reward": mean("reward", window),
+        "final_reward_onpolicy": mean("reward_onpolicy", window),
+        "tokens_per_s": mean("tokens_per_s", train),
+    }
+
+
+def run_cell(store: ResultStore, cell: Cell, keep_checkpoint: bool = False) -> dict[str, Any]:
+    """Train one cell (resuming its checkpoint if any) and store its record; never raises on a
+    failed run: the error is recorded instead."""
+    config, run_dir = cell.config, Path(cell.config.out)
+    record: dict[str, Any] = {"cell": cell.name, "keys": cell.keys, "settings": dataclasses.asdict(config),
+                              "algorithm_config": cell.algorithm_config, "run_dir": str(run_dir)}
+    start = time.perf_counter()
+    trainer = None
+    try:
+        trainer = Trainer(config)
+        trainer.train()
+        status, error = "ok", ""
+    except Exception as exc:  # NaN loss or a crash: record it, the sweep goes on
+        text = str(exc).strip()
+        status, error = "failed", f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    resumed_from = trainer.start_step if trainer is not None else 0
+    del trainer
+    gc.collect()
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    steps_done = max((m["step"] for m in metrics), default=0)
+    record.update(status=status, error=error, seconds=round(time.perf_counter() - start, 2),
+                  steps_done=steps_done, resumed_from_step=resumed_from)
+    if status == "ok":
+        record.update(final_metrics(metrics, config.steps))
+    store.save(cell.name, record, pd.DataFrame(metrics) if metrics else None)
+    if status == "ok" and not keep_checkpoint:
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    return record
+
+
+# ---------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    algos = cli.comma_list(args.algos)
+    if not algos:
+        raise UsageError("--algos is empty; known: " + ", ".join(algorithms.available()))
+    if len(set(algos)) < len(algos):
+        raise UsageError(f"--algos lists an algorithm twice: {args.algos}")
+    for algo in algos:
+        algorithms.get(algo)
+    ENGINES.get(args.engine)
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    grid = parse_grid(args.grid, algos)
+    root = Path(args.out) if args.out else default_out(args, grid)
+    cells = build_cells(args, grid, root)
+    check_data(cells)
+    store = ResultStore(root)
+    settings = base_settings(args)
+    check_manifest(store, settings, grid)
+    threads = args.threads or (1 if args.model == "tiny" else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    load_model(args.model)  # an unknown model fails here; the tiny preset is built and cached once
+    store.write_text("sweep.json", report.sweep_manifest(KIND, vars(args), settings=settings,
+                                                         grid=[k.name for k in grid]))
+
+    def pending(cell: Cell) -> bool:
+        record = store.record(cell.name)
+        return record is None or (args.retry_failed and record.get("status") != "ok")
+
+    todo = [c for c in cells if pending(c)]
+    if len(todo) < len(cells):
+        print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done in {root}", flush=True)
+    bar = tqdm(todo, desc="cells", unit="cell")
+    try:
+        for cell in bar:
+            bar.set_postfix_str(cell.name)
+            record = run_cell(store, cell, args.keep_checkpoints)
+            if record["status"] != "ok":
+                tqdm.write(f"cell {cell.name} failed: {record['error']}")
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: finished cells are kept in {root}; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    paths = report.build(store)
+    print(report.read_table(store))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    cli.run(main)
