@@ -83,9 +83,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.offpolicy <= 1.0:
             raise UsageError(f"offpolicy {self.offpolicy:g} is outside [0, 1]; it is the share of off-policy groups per batch")
-        for name in ("steps", "groups", "group_size", "eval_problems", "eval_samples"):
+        for name in ("steps", "groups", "group_size", "eval_problems", "eval_samples", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_new_tokens", "micro_groups", "threads"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0 (0: automatic), got {getattr(self, name)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.lr <= 0:
             raise UsageError(f"lr must be > 0, got {self.lr}")
         if self.temperature <= 0:
@@ -109,7 +114,8 @@ class Trainer:
         behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
         engine_cls = ENGINES.get(cfg.engine)
         self.train_set = load(cfg.dataset, "train", seed=cfg.seed)
-        self.test_set = load(cfg.dataset, "test", seed=cfg.seed, limit=cfg.eval_problems)
+        # the same test problems for every seed, so seeds differ only in training
+        self.test_set = load(cfg.dataset, "test", seed=0, limit=cfg.eval_problems)
         torch.manual_seed(cfg.seed)
         model, self.tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
         if cfg.threads or sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
@@ -178,7 +184,7 @@ class Trainer:
                 scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
                 out = algo.loss(micro, scores.logprobs, scores.values, norm)
                 if not torch.isfinite(out.loss):
-                    raise NonFiniteLoss(f"step {step}: {algo.name} loss is {out.loss.item()}")
+                    raise NonFiniteLoss(f"step {step}: {cfg.algo} loss is {out.loss.item()}")
                 self.accelerator.backward(out.loss)
                 if epoch == 0:
                     for key, value in {"loss": out.loss, **out.metrics}.items():
@@ -288,6 +294,8 @@ class Trainer:
                 raise UsageError(f"{self.out} holds a run with other settings; use another --out or delete it")
         config_path.write_text(json.dumps(settings, indent=1, default=str))
         (self.out / "error.json").unlink(missing_ok=True)
+        if not (self.out / "checkpoint").exists() and (self.out / "checkpoint.old").exists():
+            (self.out / "checkpoint.old").rename(self.out / "checkpoint")  # killed between two renames
         if (self.out / "checkpoint" / "trainer_state.json").exists():
             self.load_checkpoint()
         else:
@@ -324,7 +332,7 @@ class Trainer:
         self.start_step = state["step"]
         # drop metrics of steps after the checkpoint: they are redone identically
         lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
-        kept = [line for line in lines if json.loads(line)["step"] <= self.start_step]
+        kept = [line for line in lines if _complete_record(line) and json.loads(line)["step"] <= self.start_step]
         (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
 
 
@@ -342,6 +350,15 @@ def parse_behavior(spec: str) -> tuple[str, str]:
             raise UsageError(f"--behavior {spec!r}: no such file (jsonl rows of prompt, completion, reward)")
         return kind, arg
     raise UsageError(f"unknown behaviour source {spec!r}; use ref, stale:K or dataset:PATH")
+
+
+def _complete_record(line: str) -> bool:
+    """False for a line cut short by a kill while it was being appended."""
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:

@@ -158,3 +158,18 @@ def test_metrics_reach_tensorboard(tmp_path):
     tags = events.Tags()["scalars"]
     assert "reward" in tags and "eval_accuracy" in tags
     assert [e.step for e in events.Scalars("reward")] == [1, 2]
+
+
+def test_resume_survives_a_kill_mid_write(tmp_path):
+    """A kill can leave a half-written metrics line, or the checkpoint between its two renames."""
+    config = dict(steps=2, save_every=2, eval_every=2)
+    Trainer(small_config(tmp_path, **config)).train()
+    run = tmp_path / "run"
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "rew')
+    (run / "checkpoint").rename(run / "checkpoint.old")
+    trainer = Trainer(small_config(tmp_path, **{**config, "steps": 3}))
+    trainer.train()
+    assert trainer.start_step == 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
