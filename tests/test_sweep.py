@@ -179,7 +179,7 @@ def test_grid_multiplies_only_the_algorithms_that_have_the_key():
         (["baseline=mean"], "agro,is-pg", "baseline must be one of none, loo, got 'mean'"),
         (["beta=0.1,0.1"], "agro", "--grid beta lists a value twice"),
         (["group_size=1"], "agro", "agro needs at least 2 samples per prompt"),
-        (["eval_every=0"], "agro", "eval-every must be >= 1"),
+        (["eval_every=0"], "agro", "eval_every must be >= 1"),
     ],
 )
 def test_bad_grid_is_a_usage_error(grid, algos, message):
