@@ -49,7 +49,7 @@ from benchmarks import report
 from benchmarks.store import ResultStore, cell_name
 from rlft import cli
 from rlft.data import load
-from rlft.engines import ENGINES
+from rlft.engines import resolve_engine
 from rlft.errors import UsageError
 from rlft.models import load_model
 from rlft.sources import DatasetSource
@@ -127,7 +127,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="repeatable: sweep a TrainConfig field (lr=1e-5,3e-5), an algorithm hyper-parameter "
                         "of every algorithm that has it (beta=0.05,0.5) or of one algorithm (agro.baseline=mean,loo)")
-    p.add_argument("--engine", default=d.engine, help="rollout engine (default hf)")
+    p.add_argument("--engine", default=d.engine,
+                   help="rollout engine: hf (default), vllm or auto (see python -m rlft.train --help)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0: 1 for models under 20M parameters, such as the tiny "
                         "preset, which is fastest for them on a shared CPU, else torch's default)")
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"--algos lists an algorithm twice: {args.algos}")
     for algo in algos:
         algorithms.get(algo)
-    ENGINES.get(args.engine)
+    resolve_engine(args.engine)
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     grid = parse_grid(args.grid, algos)

@@ -52,7 +52,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="sampled completions per test problem")
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--engine", default=d.engine, help="rollout engine: hf (default)")
+    p.add_argument("--engine", default=d.engine, help="rollout engine: hf (default), vllm (needs vLLM, see "
+                   "DEVELOPERS.md) or auto (vllm if it imports and serves the model, else hf)")
     p.add_argument("--dtype", default=d.dtype, help="float32 or bfloat16")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")

