@@ -111,5 +111,15 @@ class RolloutEngine(ABC):
         """Copy the trainer's weights in and bump :attr:`version`."""
 
 
+def encode_prompts(tokenizer, prompts: list[str], n: int) -> tuple[Tensor, Tensor]:
+    """Check a request and tokenize its prompts: (ids [len(prompts), P] LEFT-padded, mask bool)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not prompts:
+        raise ValueError("no prompts")
+    enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"].bool()
+
+
 #: Engine name -> engine class (``"hf"``; ``"vllm"`` where installed).
 ENGINES: Registry[type[RolloutEngine]] = Registry("engine", "rlft.engines")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlft.engines.base import ENGINES, Generation, RolloutEngine, SamplingParams
+from rlft.engines.base import ENGINES, Generation, RolloutEngine, SamplingParams, encode_prompts
 
 #: Upper bound on the [rows, steps, vocab] float32 scores one ``generate`` call may keep.
 SCORES_BUDGET_BYTES = 512 * 2**20
@@ -121,13 +121,8 @@ class HFEngine(RolloutEngine):
     def generate(
         self, prompts: list[str], n: int, params: SamplingParams, seed: int | None = None
     ) -> Generation:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if not prompts:
-            raise ValueError("no prompts")
-        enc = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
-        prompt_ids = enc["input_ids"].repeat_interleave(n, dim=0)
-        prompt_mask = enc["attention_mask"].bool().repeat_interleave(n, dim=0)
+        ids, mask = encode_prompts(self.tokenizer, prompts, n)
+        prompt_ids, prompt_mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
         step = self._rows_per_call(params)
         device = self.model.device
         rng = (torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

