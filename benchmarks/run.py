@@ -116,6 +116,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--groups", type=int, default=d.groups, help=f"prompts per step (default {d.groups})")
     p.add_argument("--group-size", type=int, default=d.group_size,
                    help=f"samples per prompt (default {d.group_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help=f"steps between test evaluations; also at step 0 and the last step (default {d.eval_every})")
     p.add_argument("--eval-problems", type=int, default=d.eval_problems,
@@ -146,7 +147,7 @@ def base_settings(args) -> dict[str, Any]:
     """The TrainConfig fields every cell shares before grid values (saved in sweep.json)."""
     settings = dataclasses.asdict(TrainConfig(**SWEEP_DEFAULTS))
     settings.update(model=args.model, dataset=args.dataset, behavior=args.behavior, steps=args.steps,
-                    groups=args.groups, group_size=args.group_size, eval_every=args.eval_every,
+                    groups=args.groups, group_size=args.group_size, lr=args.lr, eval_every=args.eval_every,
                     eval_problems=args.eval_problems, eval_samples=args.eval_samples,
                     save_every=args.save_every, engine=args.engine, threads=args.threads)
     # write the completion budget out, so every config.json states it

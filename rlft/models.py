@@ -166,6 +166,9 @@ class TinyConfig:
 
     Attributes:
         hidden_size, intermediate_size, num_hidden_layers, num_attention_heads: Llama shape.
+        head_dim: width of one attention head. 32, not hidden_size / heads = 16: vLLM's CPU
+            attention kernels take head sizes 32, 64, 80, ... but not 16, and the preset must run
+            on both rollout engines.
         max_position_embeddings: longest prompt + completion in tokens (characters).
         dataset: the ``rlft.data`` spec of the warm-start problems.
         batch_size: problems per supervised step.
@@ -186,6 +189,7 @@ class TinyConfig:
     intermediate_size: int = 512
     num_hidden_layers: int = 4
     num_attention_heads: int = 8
+    head_dim: int = 32
     max_position_embeddings: int = 256
     dataset: str = "arith"
     batch_size: int = 64
@@ -324,6 +328,7 @@ def build_tiny(out_dir: Path, config: TinyConfig = TinyConfig(), seed: int = 0, 
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_attention_heads,
+        head_dim=config.head_dim,
         max_position_embeddings=config.max_position_embeddings,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
