@@ -26,9 +26,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+import torch
 from torch import Tensor
 
 from rlft.batch import Batch
+from rlft.distributed import all_sum
 from rlft.errors import UsageError
 from rlft.registry import Registry
 
@@ -72,6 +74,19 @@ class Normalizers:
             groups=float(batch.num_groups),
             max_tokens=float(max_tokens or batch.completion_ids.shape[1]),
         )
+
+    @classmethod
+    def across_processes(cls, batch: Batch, max_tokens: int) -> "Normalizers":
+        """Denominators of the whole batch when each process holds ``batch``, a share of its groups.
+
+        ``sequences``, ``tokens`` and ``groups`` are summed over all processes (one all-reduce);
+        with one process this equals :meth:`of`. Every process must call it.
+        """
+        local = cls.of(batch, max_tokens)
+        counts = torch.tensor([local.sequences, local.tokens, local.groups], dtype=torch.float64,
+                              device=batch.completion_mask.device)
+        sequences, tokens, groups = all_sum(counts).tolist()
+        return cls(sequences=sequences, tokens=tokens, groups=groups, max_tokens=float(max_tokens))
 
 
 @dataclass

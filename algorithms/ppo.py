@@ -16,6 +16,7 @@ from torch import Tensor
 from algorithms import functional as F
 from algorithms.base import Algorithm, AlgorithmConfig, LossOutput, Needs, Normalizers, hp, register
 from rlft.batch import Batch
+from rlft.distributed import all_sum
 
 
 @dataclass
@@ -48,6 +49,19 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: 
     return advantages
 
 
+def whiten(values: Tensor, mask: Tensor) -> Tensor:
+    """``(values - mean) / (std + 1e-8)`` over the real tokens of the WHOLE batch, all processes.
+
+    mean = sum(m v) / sum(m), var = sum(m (v - mean)^2) / sum(m), each sum all-reduced over ranks,
+    so a batch split over processes is whitened exactly as in one process. [B, T] -> [B, T], 0 on padding.
+    """
+    mask = mask.to(values.dtype)
+    total, count = all_sum(torch.stack([(values * mask).sum(), mask.sum()])).unbind()
+    mean = total / count
+    var = all_sum(((values - mean) ** 2 * mask).sum()) / count
+    return (values - mean) / (var.sqrt() + 1e-8) * mask
+
+
 @register("ppo")
 class PPO(Algorithm):
     """PPO (Schulman et al. 2017) with value head, GAE and per-token KL reward (Ouyang et al. 2022).
@@ -73,9 +87,7 @@ class PPO(Algorithm):
         advantages = gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
         returns = advantages + values
         if cfg.whiten_advantages:
-            mean = (advantages * mask).sum() / mask.sum()
-            std = (((advantages - mean) ** 2 * mask).sum() / mask.sum()).sqrt()
-            advantages = (advantages - mean) / (std + 1e-8) * mask
+            advantages = whiten(advantages, mask)
         return {"advantages": advantages, "returns": returns, "old_values": values}
 
     def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:

@@ -34,6 +34,7 @@ import itertools
 import json
 import math
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from rlft.engines import resolve_engine
 from rlft.errors import UsageError
 from rlft.models import load_model
 from rlft.sources import DatasetSource
+from rlft.train import literal, parse_hp
 from rlft.trainer import TrainConfig, Trainer, parse_behavior
 
 KIND = "lm"
@@ -60,7 +62,8 @@ KIND = "lm"
 #: (2 algorithms x 3 off-policy shares x 2 seeds) takes under 10 minutes on 2 CPU cores.
 SWEEP_DEFAULTS = dict(steps=16, eval_every=8, eval_problems=100, eval_samples=4, save_every=4)
 #: TrainConfig fields that --grid cannot sweep: the cell axes, sweep-level choices, bookkeeping.
-NOT_GRIDDABLE = ("algo", "algo_args", "offpolicy", "seed", "out", "model", "dataset", "engine", "report_to")
+NOT_GRIDDABLE = ("algo", "algo_args", "offpolicy", "seed", "out", "model", "dataset", "engine", "engine_args",
+                 "report_to")
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,17 @@ def parse_args(argv: Sequence[str] | None):
                         "of every algorithm that has it (beta=0.05,0.5) or of one algorithm (agro.baseline=mean,loo)")
     p.add_argument("--engine", default=d.engine,
                    help="rollout engine: hf (default), vllm or auto (see python -m rlft.train --help)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="repeatable keyword argument of the rollout engine (see python -m rlft.train --help)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0: 1 for models under 20M parameters, such as the tiny "
                         "preset, which is fastest for them on a shared CPU, else torch's default)")
     p.add_argument("--out", default="",
                    help="sweep directory (default results/sweep, plus a suffix per non-default setting)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="training processes per cell (default 1: in this process). N > 1 launches each cell "
+                        "with `accelerate launch --multi_gpu --num_processes N -m rlft.train` (DDP; on a "
+                        "machine without GPUs, N CPU processes over gloo); --groups must be a multiple of N")
     p.add_argument("--retry-failed", action="store_true",
                    help="rerun the cells recorded as failed (each resumes from its checkpoint, if any)")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -149,13 +158,20 @@ def base_settings(args) -> dict[str, Any]:
     settings.update(model=args.model, dataset=args.dataset, behavior=args.behavior, steps=args.steps,
                     groups=args.groups, group_size=args.group_size, lr=args.lr, eval_every=args.eval_every,
                     eval_problems=args.eval_problems, eval_samples=args.eval_samples,
-                    save_every=args.save_every, engine=args.engine, threads=args.threads)
+                    save_every=args.save_every, engine=args.engine, threads=args.threads,
+                    engine_args={k: literal(v) for k, v in parse_hp(args.engine_arg, "--engine-arg").items()})
     # write the completion budget out, so every config.json states it
     settings["max_new_tokens"] = TrainConfig(model=args.model).completion_budget
     for name in NOT_GRIDDABLE:
-        if name not in ("model", "dataset", "engine"):
+        if name not in ("model", "dataset", "engine", "engine_args"):
             settings.pop(name)
     return settings
+
+
+def sweep_settings(args) -> dict[str, Any]:
+    """What a sweep directory's cells share (sweep.json): the cell settings and the process count,
+    which changes the sampling seeds (each process draws its own samples)."""
+    return {**base_settings(args), "processes": args.processes}
 
 
 def parse_grid(items: Sequence[str], algos: Sequence[str]) -> list[GridKey]:
@@ -255,11 +271,12 @@ def check_data(cells: Sequence[Cell]) -> None:
 
 def default_out(args, grid: Sequence[GridKey]) -> Path:
     """``results/sweep`` plus one suffix per setting that differs from the defaults, then grid keys."""
-    defaults, mine = base_settings(parse_args([])), base_settings(args)
+    defaults, mine = sweep_settings(parse_args([])), sweep_settings(args)
     parts = ["sweep"]
     for name, value in mine.items():
         if value != defaults[name]:
-            text = "_".join(Path(part).name or part for part in str(value).split(":"))
+            text = ("_".join(f"{k}{v}" for k, v in value.items()) if isinstance(value, dict)
+                    else "_".join(Path(part).name or part for part in str(value).split(":")))
             parts.append(text if name in ("model", "dataset", "behavior", "engine") else f"{name}{text}")
     parts += [k.name for k in grid]
     return Path("results") / "-".join(p.replace(" ", "") for p in parts)
@@ -273,7 +290,8 @@ def check_manifest(store: ResultStore, settings: dict[str, Any], grid: Sequence[
     if old.get("kind") != KIND:
         raise UsageError(f"{store.root} holds a {old.get('kind')} sweep, not an LM sweep; pass another --out")
     mine = json.loads(json.dumps(settings))
-    theirs = old.get("settings", {})
+    # a setting added to rlft after that sweep was written had its default value there
+    theirs = {**sweep_settings(parse_args([])), **old.get("settings", {})}
     diffs = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in mine.items() if theirs.get(k) != v]
     if sorted(old.get("grid", [])) != sorted(k.name for k in grid):
         diffs.append(f"grid keys {old.get('grid', [])} there, {[k.name for k in grid]} now")
@@ -319,24 +337,56 @@ def final_metrics(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
-def run_cell(store: ResultStore, cell: Cell, keep_checkpoint: bool = False) -> dict[str, Any]:
+def launch_command(config_file: Path, processes: int) -> list[str]:
+    """``accelerate launch`` of ``rlft.train --config config_file`` on ``processes`` processes."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            "-m", "rlft.train", "--config", str(config_file)]
+
+
+def train_in_process(config: TrainConfig) -> int:
+    """Train (or resume) ``config`` here; return the step it resumed from."""
+    trainer = Trainer(config)
+    try:
+        trainer.train()
+        return trainer.start_step  # set from the checkpoint when training starts
+    finally:
+        del trainer
+        gc.collect()
+
+
+def train_launched(config: TrainConfig, processes: int) -> int:
+    """Train (or resume) ``config`` on ``processes`` processes through accelerate; return the step it
+    resumed from. Raises RuntimeError with the run's error.json if the launch fails."""
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = run_dir / "checkpoint" / "trainer_state.json"
+    resumed_from = json.loads(state.read_text())["step"] if state.exists() else 0
+    config_file = run_dir / "launch.json"
+    config_file.write_text(json.dumps({"train": dataclasses.asdict(config)}, indent=1))
+    status = subprocess.run(launch_command(config_file, processes)).returncode
+    if status != 0:
+        error = run_dir / "error.json"
+        raise RuntimeError(json.loads(error.read_text())["error"] if error.exists()
+                           else f"accelerate launch exited with status {status}")
+    return resumed_from
+
+
+def run_cell(store: ResultStore, cell: Cell, keep_checkpoint: bool = False, processes: int = 1) -> dict[str, Any]:
     """Train one cell (resuming its checkpoint if any) and store its record; never raises on a
     failed run: the error is recorded instead."""
     config, run_dir = cell.config, Path(cell.config.out)
     record: dict[str, Any] = {"cell": cell.name, "keys": cell.keys, "settings": dataclasses.asdict(config),
-                              "algorithm_config": cell.algorithm_config, "run_dir": str(run_dir)}
+                              "algorithm_config": cell.algorithm_config, "run_dir": str(run_dir),
+                              "processes": processes}
     start = time.perf_counter()
-    trainer = None
+    resumed_from = 0
     try:
-        trainer = Trainer(config)
-        trainer.train()
+        resumed_from = train_in_process(config) if processes == 1 else train_launched(config, processes)
         status, error = "ok", ""
     except Exception as exc:  # NaN loss or a crash: record it, the sweep goes on
         text = str(exc).strip()
         status, error = "failed", f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-    resumed_from = trainer.start_step if trainer is not None else 0
-    del trainer
-    gc.collect()
     metrics = read_metrics(run_dir / "metrics.jsonl")
     steps_done = max((m["step"] for m in metrics), default=0)
     record.update(status=status, error=error, seconds=round(time.perf_counter() - start, 2),
@@ -362,12 +412,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     resolve_engine(args.engine)
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    if args.processes < 1 or args.groups % args.processes:
+        raise UsageError(f"--processes {args.processes}: need N >= 1 dividing --groups ({args.groups}); "
+                         "each process takes whole groups")
     grid = parse_grid(args.grid, algos)
     root = Path(args.out) if args.out else default_out(args, grid)
     cells = build_cells(args, grid, root)
     check_data(cells)
     store = ResultStore(root)
-    settings = base_settings(args)
+    settings = sweep_settings(args)
     check_manifest(store, settings, grid)
     load_model(args.model)  # an unknown model fails here; the tiny preset is built and cached once
     store.write_text("sweep.json", report.sweep_manifest(KIND, vars(args), settings=settings,
@@ -384,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for cell in bar:
             bar.set_postfix_str(cell.name)
-            record = run_cell(store, cell, args.keep_checkpoints)
+            record = run_cell(store, cell, args.keep_checkpoints, args.processes)
             if record["status"] != "ok":
                 tqdm.write(f"cell {cell.name} failed: {record['error']}")
     except KeyboardInterrupt:

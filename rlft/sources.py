@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rlft.batch import Batch
 from rlft.data import Problem
+from rlft.distributed import shard
 from rlft.engines.base import Generation, RolloutEngine, SamplingParams
 from rlft.errors import UsageError
 from rlft.mixing import offpolicy_groups
@@ -213,23 +214,34 @@ def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 class Mixer:
-    """Fills each batch with on-policy groups and a share ``offpolicy`` of behaviour groups."""
+    """Fills each batch with on-policy groups and a share ``offpolicy`` of behaviour groups.
 
-    def __init__(self, policy: BehaviorSource, behavior: BehaviorSource, offpolicy: float, seed: int) -> None:
+    With several processes, ``rank`` of ``processes`` samples only its contiguous share of the
+    groups (:func:`rlft.distributed.shard`); which groups are off-policy is decided for the whole
+    batch first, so the split does not change the share.
+    """
+
+    def __init__(self, policy: BehaviorSource, behavior: BehaviorSource, offpolicy: float, seed: int,
+                 rank: int = 0, processes: int = 1) -> None:
         if not 0.0 <= offpolicy <= 1.0:
             raise UsageError(f"offpolicy {offpolicy:g} is outside [0, 1]; it is the share of off-policy groups per batch")
         self.policy, self.behavior, self.offpolicy = policy, behavior, offpolicy
-        self.seed = seed
+        self.seed, self.rank, self.processes = seed, rank, processes
 
     def batch(self, problems: Sequence[Problem], n: int, step: int) -> Batch:
-        """``len(problems)`` groups of ``n`` samples for optimizer step ``step`` (deterministic)."""
+        """This process's groups of ``n`` samples among ``len(problems)`` for optimizer step ``step``
+        (deterministic)."""
         g = torch.Generator().manual_seed(stable_seed(self.seed, "mix", step))
         off = offpolicy_groups(len(problems), self.offpolicy, g).tolist()
+        mine = shard(len(problems), self.processes, self.rank)
+        problems, off = problems[mine], off[mine]
+        # one process keeps the seeds it always had; each of several draws its own samples
+        tag = () if self.processes == 1 else (self.rank,)
         parts = []
         on_problems = [p for p, o in zip(problems, off) if not o]
         off_problems = [p for p, o in zip(problems, off) if o]
         if on_problems:
-            parts.append(self.policy.sample(on_problems, n, stable_seed(self.seed, "policy", step)))
+            parts.append(self.policy.sample(on_problems, n, stable_seed(self.seed, "policy", step, *tag)))
         if off_problems:
-            parts.append(self.behavior.sample(off_problems, n, stable_seed(self.seed, "behavior", step)))
+            parts.append(self.behavior.sample(off_problems, n, stable_seed(self.seed, "behavior", step, *tag)))
         return Batch.concat(parts)

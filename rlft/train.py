@@ -4,27 +4,48 @@
 
 Writes OUT/config.json, OUT/metrics.jsonl (one line per step; test-set evaluation every
 --eval-every steps) and OUT/checkpoint/. Rerunning the same command resumes from the checkpoint.
+
+Several processes (DDP through accelerate; each generates and learns from its share of the groups,
+with loss normalisers summed over all of them, so the step equals the one-process step):
+
+    accelerate launch --multi_gpu --num_processes 2 -m rlft.train --algo agro --steps 5
+
+On a machine without GPUs this starts 2 CPU processes with the gloo backend. (`accelerate launch
+--cpu --num_processes 2` starts ONE process unless accelerate is set up to launch through mpirun.)
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from typing import Sequence
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
 from rlft import cli
 from rlft.errors import UsageError
 from rlft.trainer import TrainConfig, Trainer
 
 
-def parse_hp(items: list[str]) -> dict[str, str]:
+def parse_hp(items: list[str], flag: str = "--hp") -> dict[str, str]:
     """``["beta=0.1", "baseline=loo"]`` -> ``{"beta": "0.1", "baseline": "loo"}``."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--hp expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def literal(text: str) -> Any:
+    """``"2"`` -> 2, ``"0.3"`` -> 0.3, ``"True"`` -> True; anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -54,27 +75,65 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--engine", default=d.engine, help="rollout engine: hf (default), vllm (needs vLLM, see "
                    "DEVELOPERS.md) or auto (vllm if it imports and serves the model, else hf)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="repeatable keyword argument of the rollout engine, e.g. for vllm (passed to vllm.LLM) "
+                        "--engine-arg tensor_parallel_size=2 --engine-arg gpu_memory_utilization=0.3; "
+                        "values are Python literals (numbers, True/False) or strings")
     p.add_argument("--dtype", default=d.dtype, help="float32 or bfloat16")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
     p.add_argument("--report-to", default=d.report_to, choices=["none", "tensorboard", "wandb"],
                    help="also send metrics to an accelerate tracker")
     p.add_argument("--out", default=d.out, help="run directory (default runs/train)")
+    p.add_argument("--config", metavar="FILE", help="take every setting from FILE instead of the flags: a JSON "
+                   "object of the fields above (as in OUT/config.json, whose \"train\" entry is used); "
+                   "benchmarks.run --processes N launches its cells this way")
     return p
 
 
 def config_from_args(argv: Sequence[str] | None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    args["algo_args"] = parse_hp(args.pop("hp"))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if args["config"]:
+        if vars(parser.parse_args(["--config", args["config"]])) != args:
+            raise UsageError("--config FILE takes every setting from FILE; give no other flags with it")
+        return config_from_file(Path(args["config"]), fields)
+    args["algo_args"] = parse_hp(args.pop("hp"))
+    args["engine_args"] = {key: literal(value) for key, value in parse_hp(args.pop("engine_arg"), "--engine-arg").items()}
     return TrainConfig(**{k: v for k, v in args.items() if k in fields})
 
 
+def config_from_file(path: Path, fields: set[str]) -> TrainConfig:
+    """A TrainConfig from a JSON file of its fields (or an OUT/config.json: its "train" entry)."""
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--config {path}: cannot read a JSON object ({exc})") from None
+    settings = settings.get("train", settings) if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        raise UsageError(f"--config {path}: expected a JSON object of settings")
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise UsageError(f"--config {path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    return TrainConfig(**settings)
+
+
+def warn_if_one_cpu_process() -> None:
+    """`accelerate launch --cpu --num_processes N` (N > 1) starts one process without telling."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ \
+            and "WORLD_SIZE" not in os.environ:
+        print("rlft.train: note: this is ONE process: `accelerate launch --cpu` starts several only through "
+              "mpirun; for N CPU processes (DDP over gloo) use `accelerate launch --multi_gpu --num_processes N`",
+              file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    warn_if_one_cpu_process()
     trainer = Trainer(config_from_args(argv))
     records = trainer.train()
     evals = [r for r in records if "eval_accuracy" in r]
-    if evals:
+    if evals and trainer.is_main:
         first, last = evals[0], evals[-1]
         print(f"test accuracy {first['eval_accuracy']:.3f} -> {last['eval_accuracy']:.3f} "
               f"(greedy {first['eval_greedy_accuracy']:.3f} -> {last['eval_greedy_accuracy']:.3f}), "

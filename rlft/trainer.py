@@ -8,6 +8,11 @@ One optimizer step (``Trainer.step``)::
     group-aligned micro-batch: policy forward, algorithm.loss with GLOBAL normalisers, backward
     -> clip, optimizer step -> engine.load_weights -> behaviour source sees the new weights
 
+Under ``accelerate launch --multi_gpu --num_processes N`` (DDP; gloo on a CPU) each process runs
+this loop on its ``groups / N`` groups; the normalisers are global and each loss is scaled by N,
+so the update equals the one-process update (see :mod:`rlft.distributed`). Only the main process
+writes files; each process checkpoints its own behaviour source.
+
 The trainer knows no algorithm by name: it asks ``algorithm.needs`` what to compute. Log-probs are
 scored at the sampling temperature, so they agree with the behaviour log-probs the engine recorded.
 Every step appends one JSON line to ``OUT/metrics.jsonl``; ``OUT/checkpoint/`` is replaced
@@ -16,10 +21,12 @@ atomically every ``save_every`` steps and a rerun with the same settings resumes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
 
 import algorithms
 from algorithms.base import Normalizers
 from rlft.batch import Batch
 from rlft.data import Problem, format_prompt, load
+from rlft.distributed import all_sum, all_true
 from rlft.engines import ENGINES, resolve_engine
 from rlft.engines.base import SamplingParams
 from rlft.errors import NonFiniteLoss, UsageError
@@ -75,6 +83,7 @@ class TrainConfig:
     save_every: int = 25
     seed: int = 0
     engine: str = "hf"  # auto | hf | vllm (or a plug-in)
+    engine_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the engine (vllm.LLM's)
     report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
     out: str = "runs/train"
     dtype: str = "float32"
@@ -113,6 +122,18 @@ class Trainer:
         self.out = Path(cfg.out)
         behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
         engine_cls = resolve_engine(cfg.engine)  # fails early, in one line, if vLLM is missing
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       log_with=None if cfg.report_to == "none" else cfg.report_to,
+                                       project_dir=str(self.out))
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise UsageError("FSDP is not supported yet: the rollout engines, the stale:K source and checkpoints "
+                             "use the full weights on every process; use DDP (accelerate launch --multi_gpu)")
+        self.rank, self.processes = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        if cfg.groups % self.processes or cfg.eval_problems < self.processes:
+            raise UsageError(f"groups ({cfg.groups}) must be a multiple of the number of processes "
+                             f"({self.processes}) and eval_problems ({cfg.eval_problems}) at least that: "
+                             "each process takes whole groups and its share of the test problems")
         self.train_set = load(cfg.dataset, "train", seed=cfg.seed)
         # the same test problems for every seed, so seeds differ only in training
         self.test_set = load(cfg.dataset, "test", seed=0, limit=cfg.eval_problems)
@@ -123,21 +144,21 @@ class Trainer:
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.policy = PolicyWithValue(model) if self.algorithm.needs.value_head else model
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                       log_with=None if cfg.report_to == "none" else cfg.report_to,
-                                       project_dir=str(self.out))
         self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.model = model  # the unwrapped LM: engine and checkpoints use it
         self.ref_model.to(self.accelerator.device)
 
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.completion_budget)
-        self.engine = engine_cls(model, self.tokenizer)
+        try:
+            self.engine = engine_cls(model, self.tokenizer, **cfg.engine_args)
+        except TypeError as exc:
+            raise UsageError(f"--engine-arg: the {cfg.engine} engine does not take these arguments ({exc})") from None
         self.grader = Grader()
         policy_source = EngineSource(self.engine, self.prompt, self.grader, self.sampling, "policy", False,
                                      lambda: self.engine.version)
         self.behavior = self._behavior_source(behavior_kind, behavior_arg)
-        self.mixer = Mixer(policy_source, self.behavior, cfg.offpolicy, cfg.seed)
+        self.mixer = Mixer(policy_source, self.behavior, cfg.offpolicy, cfg.seed, self.rank, self.processes)
         self.start_step = 0
 
     # ---------------------------------------------------------------------------- set-up
@@ -165,13 +186,33 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ a step
     def step(self, step: int) -> dict[str, float]:
-        cfg, algo = self.config, self.algorithm
+        """One optimizer step: :meth:`rollout`, then :meth:`update`; metrics of the whole batch."""
         start = time.perf_counter()
-        batch = self.mixer.batch(self.problems_for_step(step), cfg.group_size, step).to(self.accelerator.device)
+        batch = self.rollout(step)
         rollout_seconds = time.perf_counter() - start
+        metrics = self.update(batch, step)
+        seconds = time.perf_counter() - start
+        tokens = metrics["completion_tokens"] * len(batch) * self.processes
+        return {**metrics, "tokens_per_s": tokens / seconds, "rollout_seconds": rollout_seconds,
+                "step_seconds": seconds}
+
+    def rollout(self, step: int) -> Batch:
+        """This process's share of the groups of step ``step``: completions, rewards, behaviour log-probs."""
+        return self.mixer.batch(self.problems_for_step(step), self.config.group_size, step).to(self.accelerator.device)
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        """Learn from ``batch`` (this process's groups): reference log-probs, [prepare], then per epoch
+        one optimizer step over its group-aligned micro-batches; the engine and the behaviour source
+        then follow the new weights.
+
+        Every loss is normalised by the WHOLE batch's counts (all micro-batches and processes), and
+        multiplied by the number of processes because DDP averages gradients over them: the step
+        is the same however the batch is split. Returns the batch's metrics, over all processes.
+        """
+        cfg, algo, device = self.config, self.algorithm, self.accelerator.device
         with torch.no_grad():
             batch.ref_logprobs = score_batch(self.ref_model, batch, temperature=cfg.temperature).logprobs
-        norm = Normalizers.of(batch, max_tokens=cfg.completion_budget)
+        norm = Normalizers.across_processes(batch, max_tokens=cfg.completion_budget)
         if algo.needs.prepare:
             with torch.no_grad():
                 scores = score_batch(self.policy, batch, temperature=cfg.temperature)
@@ -180,12 +221,18 @@ class Trainer:
         sums: dict[str, float] = {}
         seq_logprobs, entropy_sum = [], 0.0
         for epoch in range(algo.epochs):
-            for micro in micro_batches:
-                scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
-                out = algo.loss(micro, scores.logprobs, scores.values, norm)
-                if not torch.isfinite(out.loss):
-                    raise NonFiniteLoss(f"step {step}: {cfg.algo} loss is {out.loss.item()}")
-                self.accelerator.backward(out.loss)
+            for i, micro in enumerate(micro_batches):
+                # gradients are all-reduced once, with the last micro-batch's backward
+                sync = i == len(micro_batches) - 1
+                with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.policy):
+                    scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
+                    out = algo.loss(micro, scores.logprobs, scores.values, norm)
+                    finite = bool(torch.isfinite(out.loss))
+                    if not all_true(finite, device):  # every process stops, not only the one that saw it
+                        what = f"loss is {out.loss.item()}" if not finite else "loss is not finite on another process"
+                        where = f" (process {self.rank} of {self.processes})" if self.processes > 1 else ""
+                        raise NonFiniteLoss(f"step {step}: {cfg.algo} {what}{where}")
+                    self.accelerator.backward(out.loss * self.processes)
                 if epoch == 0:
                     for key, value in {"loss": out.loss, **out.metrics}.items():
                         sums[key] = sums.get(key, 0.0) + value.detach().item()
@@ -200,37 +247,42 @@ class Trainer:
         self.engine.load_weights(state)
         self.behavior.after_update(step, state)
 
-        ell = torch.cat(seq_logprobs) - batch.ref_seq_logprobs
-        off = batch.is_offpolicy
-        tokens = float(batch.completion_mask.sum())
-        seconds = time.perf_counter() - start
+        # losses and metrics are additive shares of the batch's; per-sample values are gathered
+        keys = sorted(sums)
+        totals = all_sum(torch.tensor([sums[k] for k in keys] + [entropy_sum, float(batch.completion_mask.sum())],
+                                      dtype=torch.float64, device=device)).tolist()
+        *summed, entropy_sum, tokens = totals
+        gather = self.accelerator.gather
+        rewards = gather(batch.rewards.float().contiguous())
+        off = gather(batch.is_offpolicy.float().contiguous()).bool()
+        ell = gather((torch.cat(seq_logprobs) - batch.ref_seq_logprobs).float().contiguous())
         return {
-            "reward": float(batch.rewards.mean()),
-            "reward_onpolicy": _masked_mean(batch.rewards, ~off),
-            "reward_offpolicy": _masked_mean(batch.rewards, off),
+            "reward": float(rewards.mean()),
+            "reward_onpolicy": _masked_mean(rewards, ~off),
+            "reward_offpolicy": _masked_mean(rewards, off),
             "kl_ref": _masked_mean(ell, ~off),  # mean ell on the policy's own samples: KL(pi || pi_ref)
             "ell_offpolicy": _masked_mean(ell, off),  # drift from the behaviour data
             "entropy": entropy_sum / tokens,
             "grad_norm": grad_norm,
             "offpolicy_share": float(off.float().mean()),
-            "completion_tokens": tokens / len(batch),
-            "tokens_per_s": tokens / seconds,
-            "rollout_seconds": rollout_seconds,
-            "step_seconds": seconds,
-            **{key: value for key, value in sums.items()},
+            "completion_tokens": tokens / len(rewards),
+            **dict(zip(keys, summed)),
         }
 
     # -------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy accuracy, mean accuracy of sampled completions and KL(pi || pi_ref) on the test split."""
+        """Greedy accuracy, mean accuracy of sampled completions and KL(pi || pi_ref) on the test split
+        (each process takes every ``processes``-th test problem; the sums are all-reduced)."""
         cfg = self.config
-        prompts = [self.prompt(p.question) for p in self.test_set]
-        golds = [p.answer for p in self.test_set]
+        problems = self.test_set[self.rank::self.processes]
+        tag = () if self.processes == 1 else (self.rank,)
+        prompts = [self.prompt(p.question) for p in problems]
+        golds = [p.answer for p in problems]
         greedy = self.engine.generate(prompts, 1, dataclasses.replace(self.sampling, temperature=0.0),
-                                      seed=stable_seed(cfg.seed, "eval-greedy", step))
+                                      seed=stable_seed(cfg.seed, "eval-greedy", step, *tag))
         sampled = self.engine.generate(prompts, cfg.eval_samples, self.sampling,
-                                       seed=stable_seed(cfg.seed, "eval-sampled", step))
+                                       seed=stable_seed(cfg.seed, "eval-sampled", step, *tag))
         sampled_rewards = self.grader(sampled.texts, [g for g in golds for _ in range(cfg.eval_samples)])
         as_batch = Batch(prompt_ids=sampled.prompt_ids, prompt_mask=sampled.prompt_mask,
                          completion_ids=sampled.completion_ids, completion_mask=sampled.completion_mask,
@@ -238,11 +290,15 @@ class Trainer:
                          behavior_logprobs=sampled.logprobs).to(self.accelerator.device)
         ref = score_batch(self.ref_model, as_batch, temperature=cfg.temperature).logprobs
         ell = as_batch.sequence_sum(as_batch.behavior_logprobs - ref)
+        local = [sum(self.grader(greedy.texts, golds)), len(golds), sum(sampled_rewards), len(sampled_rewards),
+                 float(ell.sum()), float(sampled.completion_mask.sum())]
+        greedy_correct, n_greedy, sampled_correct, n_sampled, ell_sum, tokens = all_sum(
+            torch.tensor(local, dtype=torch.float64, device=self.accelerator.device)).tolist()
         return {
-            "eval_greedy_accuracy": sum(self.grader(greedy.texts, golds)) / len(golds),
-            "eval_accuracy": sum(sampled_rewards) / len(sampled_rewards),
-            "eval_kl_ref": float(ell.mean()),
-            "eval_completion_tokens": float(sampled.completion_mask.sum()) / len(sampled),
+            "eval_greedy_accuracy": greedy_correct / n_greedy,
+            "eval_accuracy": sampled_correct / n_sampled,
+            "eval_kl_ref": ell_sum / n_sampled,
+            "eval_completion_tokens": tokens / n_sampled,
         }
 
     # --------------------------------------------------------------------------- the loop
@@ -257,7 +313,7 @@ class Trainer:
             if self.start_step == 0:
                 records.append(self._log({"step": 0, **self.evaluate(0)}))
             bar = tqdm(range(self.start_step + 1, cfg.steps + 1), desc=f"{cfg.algo} p={cfg.offpolicy:g}",
-                       unit="step", initial=self.start_step, total=cfg.steps)
+                       unit="step", initial=self.start_step, total=cfg.steps, disable=not self.is_main)
             for step in bar:
                 record = {"step": step, **self.step(step)}
                 if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -267,7 +323,8 @@ class Trainer:
                 if step % cfg.save_every == 0 or step == cfg.steps:
                     self.save_checkpoint(step)
         except Exception as exc:
-            (self.out / "error.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            where = f" (process {self.rank} of {self.processes})" if self.processes > 1 else ""
+            _write_atomic(self.out / "error.json", json.dumps({"error": f"{type(exc).__name__}: {exc}{where}"}))
             raise
         finally:
             if cfg.report_to != "none":
@@ -275,15 +332,16 @@ class Trainer:
         return records
 
     def _log(self, record: dict[str, Any]) -> dict[str, Any]:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append ``record`` (already over all processes) to metrics.jsonl, once: on the main process."""
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         if self.config.report_to != "none":
             self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         return record
 
     def _prepare_out_dir(self) -> None:
-        """Write config.json, or resume: check it matches and load the checkpoint."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Write config.json, or resume: check it matches and load the checkpoint (every process)."""
         config_path = self.out / "config.json"
         settings = {"train": dataclasses.asdict(self.config),
                     "algorithm": dataclasses.asdict(self.algorithm.config)}
@@ -292,34 +350,48 @@ class Trainer:
             mine = json.loads(json.dumps(settings, default=str))
             if {**saved["train"], "steps": 0} != {**mine["train"], "steps": 0}:
                 raise UsageError(f"{self.out} holds a run with other settings; use another --out or delete it")
-        config_path.write_text(json.dumps(settings, indent=1, default=str))
-        (self.out / "error.json").unlink(missing_ok=True)
-        if not (self.out / "checkpoint").exists() and (self.out / "checkpoint.old").exists():
-            (self.out / "checkpoint.old").rename(self.out / "checkpoint")  # killed between two renames
+        self.accelerator.wait_for_everyone()  # all have read it before it is rewritten
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(json.dumps(settings, indent=1, default=str))
+            (self.out / "error.json").unlink(missing_ok=True)
+            if not (self.out / "checkpoint").exists() and (self.out / "checkpoint.old").exists():
+                (self.out / "checkpoint.old").rename(self.out / "checkpoint")  # killed between two renames
+            if not (self.out / "checkpoint" / "trainer_state.json").exists():
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
         if (self.out / "checkpoint" / "trainer_state.json").exists():
             self.load_checkpoint()
-        else:
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
 
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, step: int) -> None:
-        """Replace ``OUT/checkpoint`` atomically: policy (+ value head), optimizer, sources, step."""
-        tmp, final = self.out / "checkpoint.tmp", self.out / "checkpoint"
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy = self.accelerator.unwrap_model(self.policy)
-        save_policy(tmp, self.model, self.tokenizer, getattr(policy, "value_head", None))
-        torch.save({"optimizer": self.optimizer.state_dict(), "behavior": self.behavior.state_dict()}, tmp / "trainer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "engine_version": self.engine.version}))
-        old = self.out / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        """Replace ``OUT/checkpoint`` atomically: policy (+ value head), optimizer, step (main process),
+        and each process's behaviour source (``behavior-RANK.pt``: its own ref pool or snapshots)."""
+        tmp, final, old = self.out / "checkpoint.tmp", self.out / "checkpoint", self.out / "checkpoint.old"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            policy = self.accelerator.unwrap_model(self.policy)
+            save_policy(tmp, self.model, self.tokenizer, getattr(policy, "value_head", None))
+            torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "trainer.pt")
+        self.accelerator.wait_for_everyone()
+        torch.save(self.behavior.state_dict(), tmp / f"behavior-{self.rank}.pt")
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            (tmp / "trainer_state.json").write_text(json.dumps(
+                {"step": step, "engine_version": self.engine.version, "processes": self.processes}))
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
         path = self.out / "checkpoint"
         state = json.loads((path / "trainer_state.json").read_text())
+        if state.get("processes", 1) != self.processes:
+            raise UsageError(f"{self.out} was checkpointed with {state.get('processes', 1)} process(es); resume it "
+                             f"with the same number (this run has {self.processes}) or use another --out")
         model, _, value_head = load_policy(path, dtype=getattr(torch, self.config.dtype))
         self.model.load_state_dict(model.state_dict())
         policy = self.accelerator.unwrap_model(self.policy)
@@ -327,14 +399,15 @@ class Trainer:
             policy.value_head.load_state_dict(value_head.state_dict())
         extra = torch.load(path / "trainer.pt", weights_only=False)
         self.optimizer.load_state_dict(extra["optimizer"])
-        self.behavior.load_state_dict(extra["behavior"])
+        self.behavior.load_state_dict(torch.load(path / f"behavior-{self.rank}.pt", weights_only=False))
         self.engine.load_weights(self.model.state_dict())  # an engine with its own copy (vllm) takes the checkpoint
         self.engine.version = state["engine_version"]
         self.start_step = state["step"]
         # drop metrics of steps after the checkpoint: they are redone identically
-        lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
-        kept = [line for line in lines if _complete_record(line) and json.loads(line)["step"] <= self.start_step]
-        (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+        if self.is_main:
+            lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
+            kept = [line for line in lines if _complete_record(line) and json.loads(line)["step"] <= self.start_step]
+            _write_atomic(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
 
 
 def parse_behavior(spec: str) -> tuple[str, str]:
@@ -351,6 +424,12 @@ def parse_behavior(spec: str) -> tuple[str, str]:
             raise UsageError(f"--behavior {spec!r}: no such file (jsonl rows of prompt, completion, reward)")
         return kind, arg
     raise UsageError(f"unknown behaviour source {spec!r}; use ref, stale:K or dataset:PATH")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _complete_record(line: str) -> bool:
