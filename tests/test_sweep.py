@@ -221,6 +221,7 @@ BAD_INPUT = {
     "malformed dataset file": (["--dataset", "jsonl:{dir}/bad.jsonl"], "bad.jsonl line 2: invalid JSON"),
     "unwritable out": (["--out", "{dir}/a-file/out"], "cannot write results to"),
     "unknown grid key": (["--grid", "nope=1"], "unknown --grid key 'nope'; valid: TrainConfig fields"),
+    "processes not dividing groups": (["--processes", "3"], "--processes 3: need N >= 1 dividing --groups (16)"),
 }
 
 

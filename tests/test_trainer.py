@@ -138,6 +138,8 @@ def test_nan_loss_stops_with_recorded_error(tmp_path, monkeypatch):
         (["--preset", "/no/such/model"], "no such folder"),
         (["--hp", "beta=-1"], "beta must be >= 0"),
         (["--engine", "vllm"], "pip install vllm"),
+        (["--engine-arg", "tensor_parallel_size"], "--engine-arg expects KEY=VALUE"),
+        (["--engine-arg", "foo=1"], "the hf engine does not take these arguments"),
     ],
 )
 def test_cli_bad_input(tmp_path, args, message):
@@ -146,6 +148,19 @@ def test_cli_bad_input(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"train": {"steps": 2, "bogus": 1}}))
+    cases = [(["--config", str(tmp_path / "none.json")], "cannot read a JSON object"),
+             (["--config", str(config)], "unknown settings bogus"),
+             (["--config", str(config), "--steps", "3"], "give no other flags with it")]
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-m", "rlft.train", *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
 
 
 def test_metrics_reach_tensorboard(tmp_path):

@@ -87,7 +87,7 @@ def check_run(out: Path) -> list[dict]:
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert all(finite(r) for r in records)
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
-    assert state == {"step": 3, "engine_version": 3}
+    assert state == {"step": 3, "engine_version": 3, "processes": 1}
     return records
 
 
