@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -122,6 +123,10 @@ class Trainer:
         self.out = Path(cfg.out)
         behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
         engine_cls = resolve_engine(cfg.engine)  # fails early, in one line, if vLLM is missing
+        try:
+            inspect.signature(engine_cls).bind(None, None, **cfg.engine_args)
+        except TypeError as exc:
+            raise UsageError(f"--engine-arg: the {cfg.engine} engine does not take these arguments ({exc})") from None
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        log_with=None if cfg.report_to == "none" else cfg.report_to,
                                        project_dir=str(self.out))
@@ -150,10 +155,7 @@ class Trainer:
 
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.completion_budget)
-        try:
-            self.engine = engine_cls(model, self.tokenizer, **cfg.engine_args)
-        except TypeError as exc:
-            raise UsageError(f"--engine-arg: the {cfg.engine} engine does not take these arguments ({exc})") from None
+        self.engine = engine_cls(model, self.tokenizer, **cfg.engine_args)
         self.grader = Grader()
         policy_source = EngineSource(self.engine, self.prompt, self.grader, self.sampling, "policy", False,
                                      lambda: self.engine.version)
