@@ -17,6 +17,13 @@ is memory- and overhead-bound, so real engines stay well below it.
 
 Needs the vLLM environment for the vllm rows (``tox -e vllm`` or DEVELOPERS.md); where vLLM is not
 installed those rows say so. Writes ``--out`` (default results/throughput.md).
+
+``--vs-trl`` measures training steps instead: our grpo step against TRL's GRPOTrainer on the same
+work, alternating A/B in one process, per model of ``--models`` and engine of ``--engines``
+(float32 only); see :mod:`benchmarks.vs_trl`. It needs ``pip install -e ".[trl]"``.
+
+The report file holds one section per kind of run (generation throughput, training step against
+TRL); each run rewrites its own section and keeps the other.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import dataclasses
 import gc
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -63,17 +71,34 @@ def parse_args(argv: Sequence[str] | None):
                            formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default="hf,vllm", help="comma list of engines (default hf,vllm)")
     p.add_argument("--models", default="tiny,smollm2-135m", help="comma list of model presets / folders")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32, bfloat16")
+    p.add_argument("--dtypes", default=None, help="comma list of float32, bfloat16 (default both; --vs-trl: float32)")
     p.add_argument("--prompts", type=int, default=16, help="arith test prompts per call (default 16)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=0,
                    help=f"completion budget; 0: 8 for tiny, else {FALLBACK_MAX_NEW_TOKENS}")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for both engines (default 0: torch's default; vLLM binds that many cores)")
+                   help="CPU threads for both engines (default 0: torch's default; vLLM binds that many cores; "
+                        "--vs-trl: our trainer's choice, 1 for tiny)")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmul timed (default 2048)")
     p.add_argument("--out", default="results/throughput.md", help="markdown report (default results/throughput.md)")
+    trl = p.add_argument_group("training step against TRL (--vs-trl)")
+    trl.add_argument("--vs-trl", action="store_true",
+                     help="time our grpo step against TRL's GRPOTrainer on the same work, alternating A/B")
+    trl.add_argument("--rounds", type=int, default=0,
+                     help="A/B rounds (default 0: 6 for tiny, 4 for other models)")
+    trl.add_argument("--round-steps", type=int, default=0,
+                     help="steps of each per round (default 0: 2 for tiny, 1 for other models)")
+    trl.add_argument("--warmup", type=int, default=1, help="first steps of each not counted (default 1)")
     args = p.parse_args(argv)
+    args.argv = _without_out(list(sys.argv[1:] if argv is None else argv))
+    if args.dtypes is None:
+        args.dtypes = "float32" if args.vs_trl else "float32,bfloat16"
     args.engines, args.models, args.dtypes = (cli.comma_list(v) for v in (args.engines, args.models, args.dtypes))
+    if args.vs_trl and args.dtypes != ["float32"]:
+        raise UsageError("--vs-trl compares float32 training only (TRL's bf16 is autocast over float32 weights, "
+                         "ours bf16 weights: not the same work); drop --dtypes")
+    if min(args.rounds, args.round_steps, args.warmup) < 0:
+        raise UsageError("--rounds, --round-steps and --warmup must be >= 0")
     for dtype in args.dtypes:
         if dtype not in DTYPES:
             raise UsageError(f"--dtypes: {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -85,6 +110,19 @@ def parse_args(argv: Sequence[str] | None):
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     return args
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    """The command-line arguments without ``--out PATH`` / ``--out=PATH`` (for the report's regenerate line)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            out.append(arg)
+    return out
 
 
 def matmul_rate(dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
@@ -169,6 +207,41 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+#: Sections of the report file, in order; each kind of run rewrites only its own.
+SECTIONS = ("generation", "vs-trl")
+MARKER = "<!-- benchmarks.throughput section: {} -->"
+
+
+def read_sections(path: Path) -> dict[str, str]:
+    """The report's sections by name; a file without markers is one ``generation`` section."""
+    if not path.is_file():
+        return {}
+    text, sections, name = path.read_text(), {}, "generation"
+    parts: list[str] = []
+    for line in text.splitlines(keepends=True):
+        found = [s for s in SECTIONS if line.strip() == MARKER.format(s)]
+        if found:
+            if "".join(parts).strip():
+                sections[name] = "".join(parts).strip("\n") + "\n"
+            name, parts = found[0], []
+        else:
+            parts.append(line)
+    if "".join(parts).strip():
+        sections[name] = "".join(parts).strip("\n") + "\n"
+    return sections
+
+
+def write_section(path: Path, name: str, lines: list[str]) -> None:
+    """Replace section ``name`` of the report at ``path`` with ``lines``, keeping the others."""
+    sections = read_sections(path)
+    sections[name] = "\n".join(lines) + "\n"
+    text = "\n".join(MARKER.format(s) + "\n" + sections[s] for s in SECTIONS if s in sections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_report(path: Path, args, rows: list[Row], rates: dict[str, float], seconds: float) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
@@ -200,13 +273,34 @@ def write_report(path: Path, args, rows: list[Row], rates: dict[str, float], sec
         startup = f"{r.startup_seconds:.1f}" if r.startup_seconds is not None else "-"
         lines.append(f"| {r.model} | {r.params / 1e6:.1f}M | {r.dtype} | {r.engine} | {r.tokens} | {r.seconds:.2f} | "
                      f"{r.rate:.0f} | {r.bound:.0f} | {100 * r.rate / r.bound:.1f} | {r.first_seconds:.2f} | {startup} |")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_section(path, "generation", lines)
+
+
+def run_vs_trl(args) -> None:
+    """``--vs-trl``: our grpo step against TRL's GRPOTrainer, per model and engine; writes its section."""
+    from benchmarks import vs_trl
+
+    vs_trl.require_trl()
+    start = time.perf_counter()
+    comparisons = []
+    for engine in args.engines:  # hf rows first: a vLLM engine fixes the process's threads when it starts
+        for spec in args.models:
+            work = vs_trl.work_for(spec, args.rounds, args.round_steps)
+            comparison = vs_trl.run(work, engine, args.warmup, args.threads)
+            print(vs_trl.summary_line(comparison), flush=True)
+            comparisons.append(comparison)
+    command = " ".join(["python -m benchmarks.throughput", *args.argv])
+    write_section(Path(args.out), "vs-trl",
+                  vs_trl.markdown(comparisons, time.perf_counter() - start, versions(), command))
+    print(f"wrote {args.out}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.vs_trl:
+        run_vs_trl(args)
+        return
     start = time.perf_counter()
     if args.threads:  # before vLLM starts: it binds as many cores once, then ignores set_num_threads
         torch.set_num_threads(args.threads)

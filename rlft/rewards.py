@@ -190,12 +190,21 @@ def _is_tame_expression(expression: sympy.Basic) -> bool:
     return True
 
 
+def _is_integer_gold(gold_parsed: list) -> bool:
+    """Whether a parsed gold is one integer (``[sympy.Integer, text]``, as :func:`parse_gold` gives for ``-46``)."""
+    return len(gold_parsed) == 2 and isinstance(gold_parsed[0], sympy.Integer)
+
+
 def _grade_parsed(completion: str, gold_parsed: list) -> float:
     """1.0 if the completion's extracted answer verifies against an already parsed gold, else 0.0."""
     try:
         answer = extract_answer(completion)
         if answer is None or len(answer) > MAX_ANSWER_CHARS:
             return 0.0
+        if _PLAIN_INTEGER.match(answer) and _is_integer_gold(gold_parsed):
+            # fast path: math-verify's parse of a plain integer is that integer, and two integers
+            # verify as equal exactly when they are (checked on ~11k pairs, leading zeros and signs included)
+            return 1.0 if int(answer) == int(gold_parsed[0]) else 0.0
         predicted = _parse_math(answer)
         if not predicted or not _is_tame(predicted):
             return 0.0
