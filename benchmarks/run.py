@@ -337,11 +337,12 @@ def final_metrics(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
-def launch_command(config_file: Path, processes: int) -> list[str]:
-    """``accelerate launch`` of ``rlft.train --config config_file`` on ``processes`` processes."""
+def accelerate_launch(processes: int, *command: str) -> list[str]:
+    """``accelerate launch`` of ``command`` (a script or ``-m module`` and its arguments) on
+    ``processes`` processes: DDP, and on a machine without GPUs that many CPU processes over gloo."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-            "-m", "rlft.train", "--config", str(config_file)]
+            *command]
 
 
 def train_in_process(config: TrainConfig) -> int:
@@ -364,7 +365,7 @@ def train_launched(config: TrainConfig, processes: int) -> int:
     resumed_from = json.loads(state.read_text())["step"] if state.exists() else 0
     config_file = run_dir / "launch.json"
     config_file.write_text(json.dumps({"train": dataclasses.asdict(config)}, indent=1))
-    status = subprocess.run(launch_command(config_file, processes)).returncode
+    status = subprocess.run(accelerate_launch(processes, "-m", "rlft.train", "--config", str(config_file))).returncode
     if status != 0:
         error = run_dir / "error.json"
         raise RuntimeError(json.loads(error.read_text())["error"] if error.exists()

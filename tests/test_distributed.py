@@ -12,17 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.run import accelerate_launch
+
 
 TESTS = Path(__file__).parent
 ALGOS = ["agro", "grpo", "ppo", "dpo"]
 #: parameters after one step may differ by float rounding only
 TOLERANCE = 1e-5
-
-
-def accelerate_launch(processes: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", "0", *args]
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
