@@ -90,7 +90,7 @@ def score_completions(
                                                  shared, with_hidden)
     else:
         logits, hidden = _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden)
-    logits = logits.float()
+    logits = at_least_float32(logits)
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)  # [B, T, V]
@@ -101,6 +101,11 @@ def score_completions(
     if with_entropy:
         entropy = torch.where(mask, -(logp_all.exp() * logp_all).sum(-1), zero)
     return TokenScores(logprobs=logprobs, entropy=entropy, hidden=hidden)
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is of a narrower float type (bfloat16, float16), else unchanged (float64 stays)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden):
@@ -215,19 +220,20 @@ def score_batch(model: nn.Module, batch, *, temperature: float = 1.0, with_entro
 
 
 class ValueHead(nn.Module):
-    """Linear map of the final hidden state to a scalar value: [B, T, H] -> [B, T] (float32).
+    """Linear map of the final hidden state to a scalar value: [B, T, H] -> [B, T], in ``dtype``
+    (float32 by default, also for a bfloat16 model; float64 beside a float64 model).
 
     Initialised to zero, so every value starts at 0.
     """
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
+        self.linear = nn.Linear(hidden_size, 1, dtype=dtype)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1).float()
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
 
 
 class PolicyWithValue(nn.Module):
@@ -241,8 +247,10 @@ class PolicyWithValue(nn.Module):
     def __init__(self, model: PreTrainedModel, value_head: ValueHead | None = None) -> None:
         super().__init__()
         self.model = model
-        self.value_head = value_head if value_head is not None else ValueHead(_hidden_size(model))
-        self.value_head.to(device=next(model.parameters()).device)
+        weight = next(model.parameters())
+        self.value_head = value_head if value_head is not None else \
+            ValueHead(_hidden_size(model), dtype=at_least_float32(weight).dtype)
+        self.value_head.to(device=weight.device)
 
     def forward(
         self,
@@ -293,7 +301,7 @@ def save_policy(
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if value_head is not None:
-        state = {k: v.detach().float().cpu().contiguous() for k, v in _unwrap(value_head).state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(value_head).state_dict().items()}
         save_file(state, str(path / VALUE_HEAD_FILE), metadata={"format": "pt", "rlft": json.dumps({"kind": "value_head"})})
 
 
@@ -313,6 +321,6 @@ def load_policy(
     value_head = None
     if (path / VALUE_HEAD_FILE).is_file():
         state = load_file(str(path / VALUE_HEAD_FILE))
-        value_head = ValueHead(state["linear.weight"].shape[1])
+        value_head = ValueHead(state["linear.weight"].shape[1], dtype=state["linear.weight"].dtype)
         value_head.load_state_dict(state)
     return model, tokenizer, value_head

@@ -33,7 +33,7 @@ from rlft.distributed import shard
 from rlft.engines.base import Generation, RolloutEngine, SamplingParams
 from rlft.errors import UsageError
 from rlft.mixing import offpolicy_groups
-from rlft.policy import token_logprobs
+from rlft.policy import at_least_float32, token_logprobs
 
 #: (completion texts, gold answers) -> rewards
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -56,7 +56,7 @@ def generation_batch(gen: Generation, rewards: Sequence[float], n: int, source: 
         completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
         group_ids=torch.arange(B // n).repeat_interleave(n),
         rewards=torch.tensor(rewards, dtype=torch.float32),
-        behavior_logprobs=gen.logprobs.float(),
+        behavior_logprobs=at_least_float32(gen.logprobs),
         is_offpolicy=torch.full((B,), offpolicy),
         policy_version=torch.full((B,), version, dtype=torch.long),
         sources=[source] * B,
@@ -203,7 +203,7 @@ class DatasetSource(BehaviorSource):
             prompt_ids=prompts["input_ids"], prompt_mask=prompt_mask,
             completion_ids=comps["input_ids"], completion_mask=completion_mask,
             group_ids=torch.arange(B // n).repeat_interleave(n),
-            rewards=torch.tensor(rewards, dtype=torch.float32), behavior_logprobs=behavior.float(),
+            rewards=torch.tensor(rewards, dtype=torch.float32), behavior_logprobs=at_least_float32(behavior),
             is_offpolicy=torch.ones(B, dtype=torch.bool), policy_version=torch.full((B,), -1),
             sources=["dataset"] * B,
         )

@@ -79,7 +79,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="repeatable keyword argument of the rollout engine, e.g. for vllm (passed to vllm.LLM) "
                         "--engine-arg tensor_parallel_size=2 --engine-arg gpu_memory_utilization=0.3; "
                         "values are Python literals (numbers, True/False) or strings")
-    p.add_argument("--dtype", default=d.dtype, help="float32 or bfloat16")
+    p.add_argument("--dtype", default=d.dtype, help="float32 (default), bfloat16, or float64 for numerical checks")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
     p.add_argument("--report-to", default=d.report_to, choices=["none", "tensorboard", "wandb"],

@@ -105,8 +105,8 @@ class TrainConfig:
             raise UsageError(f"lr must be > 0, got {self.lr}")
         if self.temperature <= 0:
             raise UsageError(f"temperature must be > 0 for training (log-probs are scored at it), got {self.temperature}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UsageError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in ("float32", "bfloat16", "float64"):
+            raise UsageError(f"dtype must be float32, bfloat16 or float64 (for numerical checks), got {self.dtype!r}")
 
     @property
     def completion_budget(self) -> int:

@@ -7,8 +7,11 @@
 Every process draws the SAME whole batch of step 1 (on- and off-policy groups of the tiny preset,
 from identical weights and seeds), keeps its contiguous share of the groups and calls
 ``Trainer.update`` on it: reference log-probs, global normalisers, DDP gradients, AdamW step.
-The main process then writes DIR/ALGO.pt with the parameters after the step and the step's
-metrics (loss, gradient norm before clipping), for tests/test_distributed.py to compare.
+The main process then writes DIR/ALGO.pt with the parameters before and after the step, the
+all-reduced gradient the optimizer stepped with, the step's metrics, and the sizes the tests'
+rounding bounds need (tokens in the batch, completion width), for tests/test_distributed.py.
+
+The step runs in float64, with one epoch per batch: see tests/test_distributed.py for why.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from rlft.distributed import shard
 from rlft.sources import Mixer
 from rlft.trainer import TrainConfig, Trainer
 
+LR = 1e-4
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -33,8 +38,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for algo in args.algos.split(","):
-        config = TrainConfig(algo=algo, groups=4, group_size=8, offpolicy=0.5, lr=1e-4, max_grad_norm=1e9,
-                             micro_groups=args.micro_groups, eval_problems=2, out=str(out / f"run-{algo}"))
+        config = TrainConfig(algo=algo, algo_args={"epochs": 1}, groups=4, group_size=8, offpolicy=0.5, lr=LR,
+                             max_grad_norm=1e9, micro_groups=args.micro_groups, eval_problems=2, dtype="float64",
+                             out=str(out / f"run-{algo}"))
         trainer = Trainer(config)
         whole = Mixer(trainer.mixer.policy, trainer.mixer.behavior, config.offpolicy, config.seed)
         batch = whole.batch(trainer.problems_for_step(1), config.group_size, 1)
@@ -42,16 +48,26 @@ def main() -> None:
         share = Batch.concat(batch.group_slices(1)[groups]).to(trainer.accelerator.device)
         policy = trainer.accelerator.unwrap_model(trainer.policy)
         before = _params(policy)
+        with torch.no_grad():  # the magnitude the log-softmax acts on, for the rounding bound of the loss
+            ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
+            mask = torch.cat([batch.prompt_mask, batch.completion_mask], 1).long()
+            max_abs_logit = float(trainer.model(input_ids=ids, attention_mask=mask).logits.abs().max())
+        grads: list[dict[str, torch.Tensor]] = []
+        trainer.optimizer.optimizer.register_step_pre_hook(
+            lambda *_: grads.append({n: q.grad.detach().cpu().clone() for n, q in policy.named_parameters()}))
         metrics = trainer.update(share, step=1)
         if trainer.is_main:
-            torch.save({"before": before, "after": _params(policy), "metrics": metrics, "processes": trainer.processes,
+            torch.save({"before": before, "after": _params(policy), "grads": grads, "metrics": metrics,
+                        "processes": trainer.processes, "lr": LR, "adam_eps": trainer.optimizer.param_groups[0]["eps"],
+                        "tokens": int(batch.completion_mask.sum()), "width": batch.completion_ids.shape[1],
+                        "prompt_width": batch.prompt_ids.shape[1], "max_abs_logit": max_abs_logit,
                         "offpolicy_groups": int(batch.is_offpolicy.sum()) // config.group_size},
                        out / f"{algo}.pt")
         trainer.accelerator.wait_for_everyone()
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+    return {name: value.detach().cpu().clone() for name, value in module.named_parameters()}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Policy scoring: recomputed log-probs equal the engine's, entropy, value head, save / load."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from rlft.policy import (
     score_completions,
     token_logprobs,
 )
+from tolerances import difference, forward_reductions, logprob_tolerance, max_abs_logit  # tests/tolerances.py
 
 PROMPTS = [
     "Question: What is 7 - 85?\nAnswer:",
@@ -42,7 +44,7 @@ def test_recomputed_logprobs_match_engine(tiny, temperature):
     recomputed = token_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids,
                                 gen.completion_mask, temperature=temperature)
     assert recomputed.shape == gen.logprobs.shape
-    assert (recomputed - gen.logprobs).abs().max().item() < 1e-4
+    assert (recomputed - gen.logprobs).abs().max().item() <= logprob_tolerance(model, gen)
     assert (recomputed[~gen.completion_mask] == 0).all()
 
 
@@ -55,7 +57,7 @@ def test_recomputed_logprobs_match_engine_smollm2(smollm2):
     gen = _generation(model, tok, 0.7, prompts=prompts, n=2, max_new_tokens=6)
     recomputed = token_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids,
                                 gen.completion_mask, temperature=0.7)
-    assert (recomputed - gen.logprobs).abs().max().item() < 1e-4
+    assert (recomputed - gen.logprobs).abs().max().item() <= logprob_tolerance(model, gen)
 
 
 def test_position_ids_ignore_left_padding():
@@ -68,11 +70,12 @@ def test_padding_does_not_change_scores(tiny):
     model, tok = tiny
     gen = _generation(model, tok, 1.0, n=1)
     batched = token_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask)
+    tolerance = logprob_tolerance(model, gen)
     for i in range(len(PROMPTS)):
         pm, cm = gen.prompt_mask[i], gen.completion_mask[i]
         alone = token_logprobs(model, gen.prompt_ids[i : i + 1, pm], pm[pm][None],
                                gen.completion_ids[i : i + 1, cm], cm[cm][None])
-        assert torch.allclose(alone[0], batched[i, cm], atol=1e-5)
+        assert (alone[0] - batched[i, cm]).abs().max() <= tolerance
 
 
 def test_entropy(tiny):
@@ -84,7 +87,9 @@ def test_entropy(tiny):
         assert scores.entropy.shape == gen.logprobs.shape
         assert (scores.entropy[~gen.completion_mask] == 0).all()
         real = scores.entropy[gen.completion_mask]
-        assert (real >= 0).all() and (real <= torch.log(torch.tensor(float(len(tok)))) + 1e-4).all()
+        entropy_rounding = difference(forward_reductions(model.config, gen.prompt_ids.shape[1] + gen.completion_ids.shape[1])
+                                      + [len(tok)], max_abs_logit(model, gen) / temperature)
+        assert (real >= 0).all() and (real <= math.log(len(tok)) + entropy_rounding).all()
     # manual check on one row at temperature 1
     ids = torch.cat([gen.prompt_ids[:1], gen.completion_ids[:1]], 1)
     mask = torch.cat([gen.prompt_mask[:1], gen.completion_mask[:1]], 1).long()
@@ -95,7 +100,8 @@ def test_entropy(tiny):
         expected = -(p * p.log()).sum()
         scores = score_completions(model, gen.prompt_ids[:1], gen.prompt_mask[:1], gen.completion_ids[:1],
                                    gen.completion_mask[:1], with_entropy=True)
-    assert torch.allclose(scores.entropy[0, 0], expected, atol=1e-5)
+    entropy_rounding = difference(forward_reductions(model.config, ids.shape[1]) + [len(tok)], max_abs_logit(model, gen))
+    assert (scores.entropy[0, 0] - expected).abs() <= entropy_rounding
 
 
 def test_temperature_must_be_positive(tiny):
@@ -116,7 +122,7 @@ def test_value_head_shapes_and_gradients(tiny):
     assert out.values.dtype == torch.float32
     assert (out.values == 0).all()  # zero-initialised head
     expected = token_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask)
-    assert torch.allclose(out.logprobs, expected, atol=1e-5)
+    assert torch.equal(out.logprobs, expected)  # the same forward, plus hidden states
 
     torch.nn.init.normal_(policy.value_head.linear.weight, std=0.1)
     out = policy(gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask)
@@ -124,7 +130,7 @@ def test_value_head_shapes_and_gradients(tiny):
     assert (out.values[gen.completion_mask] != 0).all()
     # values[:, t] come from the hidden state that predicts token t
     manual = policy.value_head(out.hidden)
-    assert torch.allclose(out.values[gen.completion_mask], manual[gen.completion_mask])
+    assert torch.equal(out.values[gen.completion_mask], manual[gen.completion_mask])
     loss = (out.values ** 2).sum() - out.logprobs.sum()
     loss.backward()
     assert policy.value_head.linear.weight.grad.abs().sum() > 0
@@ -146,7 +152,7 @@ def test_score_batch(tiny):
         group_ids=torch.arange(B) // 3, rewards=torch.zeros(B), behavior_logprobs=gen.logprobs,
     )
     scores = score_batch(model, batch)
-    assert (scores.logprobs - batch.behavior_logprobs).abs().max() < 1e-4
+    assert (scores.logprobs - batch.behavior_logprobs).abs().max() <= logprob_tolerance(model, batch)
     with_value = score_batch(PolicyWithValue(model), batch, with_entropy=True)
     assert with_value.values.shape == (B, gen.completion_ids.shape[1]) and with_value.entropy is not None
 

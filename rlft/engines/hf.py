@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from rlft.engines.base import ENGINES, Generation, RolloutEngine, SamplingParams, encode_prompts
-from rlft.policy import output_rows, position_ids_from_mask, shared_prompt_rows
+from rlft.policy import at_least_float32, output_rows, position_ids_from_mask, shared_prompt_rows
 
 #: Upper bound on the [rows, steps, vocab] float32 scores one ``generate`` call may keep. The own
 #: sampling loop keeps none, but it splits a call into the same chunks, so that a seed draws the
@@ -207,19 +207,19 @@ class HFEngine(RolloutEngine):
         return warpers
 
     def _prefill(self, ids: Tensor, mask: Tensor):
-        """Run the prompts, each distinct prompt once: (next-token logits [b, V] float32, KV cache of b rows)."""
+        """Run the prompts, each distinct prompt once: (next-token logits [b, V] in at least float32, KV cache of b rows)."""
         shared = shared_prompt_rows(ids, mask) if self.share_prompts else None
         if shared is None:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                              use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float(), out.past_key_values
+            return at_least_float32(out.logits[:, -1]), out.past_key_values
         first, inverse = shared
         with output_rows(self.model, inverse):
             out = self.model(input_ids=ids[first], attention_mask=mask[first],
                              position_ids=position_ids_from_mask(mask[first]), use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1] if out.logits.shape[0] == len(inverse) else out.logits[inverse, -1]
         out.past_key_values.batch_select_indices(inverse)
-        return logits.float(), out.past_key_values
+        return at_least_float32(logits), out.past_key_values
 
     def _sample(self, ids: Tensor, mask: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:
         """Sample up to ``max_new_tokens`` per row: (tokens [b, T], their log-probs [b, T]).
@@ -251,7 +251,7 @@ class HFEngine(RolloutEngine):
             position = position + 1
             out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[:, -1].float()
+            logits = at_least_float32(out.logits[:, -1])
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
     def _generate_with_hf(self, ids: Tensor, mask: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:
@@ -259,7 +259,7 @@ class HFEngine(RolloutEngine):
         out = self.model.generate(input_ids=ids, attention_mask=mask.long(),
                                   generation_config=self._generation_config(params))
         tokens = out.sequences[:, ids.shape[1]:]
-        scores = torch.stack(out.scores, dim=1).float()  # [b, T, V], what was sampled from
+        scores = at_least_float32(torch.stack(out.scores, dim=1))  # [b, T, V], what was sampled from
         return tokens, torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
     def _finish_chunk(self, tokens: Tensor, logprobs: Tensor) -> tuple[Tensor, Tensor, Tensor]:

