@@ -20,8 +20,9 @@ from rlft.errors import UsageError
 from rlft.rewards import grade, parse_gold
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GSM8K_DIR = REPO_ROOT.parent / "shared/data/gsm8k"
+#: The first 8 train and 4 test lines of the official GSM8K release, verbatim, with its MIT licence
+#: (github.com/openai/grade-school-math, grade_school_math/data/*.jsonl).
+GSM8K_RELEASE = FIXTURES / "gsm8k_release"
 
 
 def questions(problems: list[Problem]) -> set[str]:
@@ -177,14 +178,18 @@ def test_arith_bad_options(spec, message):
 
 
 def test_gsm8k_official_release():
-    assert (GSM8K_DIR / "train.jsonl").is_file(), f"GSM8K data missing: expected {GSM8K_DIR}/train.jsonl"
-    train = load(f"gsm8k:{GSM8K_DIR}", "train")
-    test = load(f"gsm8k:{GSM8K_DIR}", "test")
-    assert (len(train), len(test)) == (7473, 1319)
+    """Lines of the real release, as published: ids, questions, the answer after '####'."""
+    assert "MIT License" in (GSM8K_RELEASE / "LICENSE").read_text()
+    train = load(f"gsm8k:{GSM8K_RELEASE}", "train")
+    test = load(f"gsm8k:{GSM8K_RELEASE}", "test")
+    assert (len(train), len(test)) == (8, 4)
     first = {p.id: p for p in train}["gsm8k/train/0"]
     assert first.question.startswith("Natalia sold clips to 48 of her friends")
     assert first.answer == "72"
+    assert {p.id: p.answer for p in test} == {"gsm8k/test/0": "18", "gsm8k/test/1": "3", "gsm8k/test/2": "70000",
+                                              "gsm8k/test/3": "540"}
     assert all("," not in p.answer and "####" not in p.answer for p in train + test)
+    assert all(grade(f"The answer is {p.answer}.", p.answer) == 1.0 for p in train + test)
 
 
 def test_gsm8k_fixture_strips_thousands_separators():
