@@ -47,6 +47,9 @@ class Needs:
     """Samples per prompt required (2 for group baselines and pairs)."""
     prepare: bool = False
     """Call ``prepare`` once per batch, before any update, with detached log-probs and values."""
+    recompute_behavior: bool = False
+    """The behaviour log-probs of on-policy rows must be the trainer's own, pi_old, computed before
+    the first epoch (PPO's ratio denominator), whatever ``TrainConfig.recompute_behavior`` says."""
 
 
 @dataclass(frozen=True)
@@ -58,35 +61,43 @@ class Normalizers:
         tokens: number of real completion tokens, sum of ``completion_mask``.
         groups: number of groups (prompts).
         max_tokens: the generation budget T_max (Dr. GRPO's constant length normaliser).
+        extra: the algorithm's own counts (``Algorithm.denominators``: DPO's pairs, RAFT's kept
+            tokens), summed the same way.
     """
 
     sequences: float
     tokens: float
     groups: float
     max_tokens: float
+    extra: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, batch: Batch, max_tokens: int | None = None) -> "Normalizers":
-        """Denominators of ``batch`` alone (the single-process, single-micro-batch case)."""
+    def of(cls, batch: Batch, max_tokens: int | None = None, algorithm: "Algorithm | None" = None) -> "Normalizers":
+        """Denominators of ``batch`` alone (the single-process, single-micro-batch case), with
+        ``algorithm``'s own counts if given."""
+        extra = algorithm.denominators(batch) if algorithm is not None else {}
         return cls(
             sequences=float(len(batch)),
             tokens=float(batch.completion_mask.sum()),
             groups=float(batch.num_groups),
             max_tokens=float(max_tokens or batch.completion_ids.shape[1]),
+            extra={k: float(v) for k, v in extra.items()},
         )
 
     @classmethod
-    def across_processes(cls, batch: Batch, max_tokens: int) -> "Normalizers":
+    def across_processes(cls, batch: Batch, max_tokens: int, algorithm: "Algorithm | None" = None) -> "Normalizers":
         """Denominators of the whole batch when each process holds ``batch``, a share of its groups.
 
-        ``sequences``, ``tokens`` and ``groups`` are summed over all processes (one all-reduce);
-        with one process this equals :meth:`of`. Every process must call it.
+        ``sequences``, ``tokens``, ``groups`` and the algorithm's counts are summed over all
+        processes (one all-reduce); with one process this equals :meth:`of`. Every process must call it.
         """
-        local = cls.of(batch, max_tokens)
-        counts = torch.tensor([local.sequences, local.tokens, local.groups], dtype=torch.float64,
-                              device=batch.completion_mask.device)
-        sequences, tokens, groups = all_sum(counts).tolist()
-        return cls(sequences=sequences, tokens=tokens, groups=groups, max_tokens=float(max_tokens))
+        local = cls.of(batch, max_tokens, algorithm)
+        keys = sorted(local.extra)
+        counts = torch.tensor([local.sequences, local.tokens, local.groups, *(local.extra[k] for k in keys)],
+                              dtype=torch.float64, device=batch.completion_mask.device)
+        sequences, tokens, groups, *extra = all_sum(counts).tolist()
+        return cls(sequences=sequences, tokens=tokens, groups=groups, max_tokens=float(max_tokens),
+                   extra=dict(zip(keys, extra)))
 
 
 @dataclass
@@ -107,10 +118,14 @@ class AlgorithmConfig:
     """Base of every algorithm's hyper-parameters. Subclasses add documented fields."""
 
     epochs: int = hp(1, "optimisation passes over each batch")
+    mini_batch_groups: int = hp(0, "groups per mini-batch: each epoch takes ceil(groups / this) optimizer steps "
+                                   "over shuffled mini-batches (0: one step on the whole batch)")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.mini_batch_groups < 0:
+            raise UsageError(f"mini_batch_groups must be >= 0 (0: the whole batch), got {self.mini_batch_groups}")
         if getattr(self, "beta", 0.0) < 0:
             raise UsageError(f"beta must be >= 0, got {self.beta}; it is the KL strength")
 
@@ -147,6 +162,12 @@ class Algorithm:
                 f"{self.name} needs at least {self.needs.min_group_size} samples per prompt "
                 f"(group size), got {n}"
             )
+
+    def denominators(self, batch: Batch) -> dict[str, Tensor | float]:
+        """Counts this algorithm normalises by, beyond sequences, tokens and groups (e.g. DPO's
+        pairs), for the rows of ``batch``; the trainer sums them over micro-batches and processes
+        into ``Normalizers.extra``. Default: none."""
+        return {}
 
     def prepare(self, batch: Batch, logprobs: Tensor, values: Tensor | None) -> dict[str, Tensor]:
         """Per-sample tensors fixed for all epochs of a batch (stored in ``batch.extras``).

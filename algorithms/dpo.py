@@ -27,11 +27,11 @@ def best_and_worst(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, 
     """Per group, indices (chosen [G], rejected [G]) of the highest and lowest reward (first on
     ties), and has_gap [G]: True where the two rewards differ (other groups make no pair)."""
     _, inverse = torch.unique_consecutive(group_ids, return_inverse=True)
-    num_groups, rows = int(inverse.max()) + 1, torch.arange(len(rewards))
+    num_groups, rows = int(inverse.max()) + 1, torch.arange(len(rewards), device=rewards.device)
 
     def first_where(flags: Tensor) -> Tensor:
         candidates = torch.where(flags, rows, len(rewards))
-        return torch.full((num_groups,), len(rewards)).scatter_reduce(0, inverse, candidates, "amin")
+        return rows.new_full((num_groups,), len(rewards)).scatter_reduce(0, inverse, candidates, "amin")
 
     chosen = first_where(rewards == F.group_max(rewards, group_ids))
     rejected = first_where(rewards == -F.group_max(-rewards, group_ids))
@@ -43,16 +43,26 @@ class DPO(Algorithm):
     """DPO (Rafailov et al. 2023) on in-group pairs: highest vs lowest reward of each group.
 
         h    = beta * (ell_chosen - ell_rejected),   ell = logp - logp_ref
-        loss = sum_pairs -[(1 - s) log sigmoid(h) + s log sigmoid(-h)] / G
+        loss = sum_pairs -[(1 - s) log sigmoid(h) + s log sigmoid(-h)] / P
 
-    G is the global number of groups (groups with no reward gap contribute 0). Works on any data.
+    P is the global number of pairs (groups whose rewards differ; the others make no pair), so the
+    loss is the mean over pairs, as in the paper. Works on any data. The implied objective is
+    E[r] - beta KL(pi || pi_ref) (the paper's derivation); no KL is estimated from samples.
     """
 
     Config = DPOConfig
     needs = Needs(ref_logprobs=True, min_group_size=2)
 
+    def denominators(self, batch: Batch) -> dict[str, Tensor]:
+        """``pairs``: the number of groups with a reward gap."""
+        return {"pairs": best_and_worst(batch.rewards, batch.group_ids)[2].sum()}
+
     def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:
         cfg = self.config
+        if "pairs" not in norm.extra:
+            raise ValueError("DPO normalises by the number of pairs: build the Normalizers with "
+                             "Normalizers.of(batch, algorithm=dpo) (the trainer does)")
+        pairs = max(norm.extra["pairs"], 1.0)
         ell = batch.sequence_sum(logprobs) - batch.ref_seq_logprobs
         chosen, rejected, has_gap = best_and_worst(batch.rewards, batch.group_ids)
         margin = cfg.beta * (ell[chosen] - ell[rejected])
@@ -60,10 +70,10 @@ class DPO(Algorithm):
         per_pair = -((1 - s) * F.logsigmoid(margin) + s * F.logsigmoid(-margin))
         gap = has_gap.to(margin.dtype)
         return LossOutput(
-            loss=(per_pair * gap).sum() / norm.groups,
+            loss=(per_pair * gap).sum() / pairs,
             metrics={
-                "pairs": gap.sum() / norm.groups,
-                "pair_accuracy": ((margin > 0).to(margin.dtype) * gap).sum().detach() / norm.groups,
-                "margin": (margin * gap).sum().detach() / norm.groups,
+                "pairs": gap.sum() / norm.groups,  # the share of groups that made a pair
+                "pair_accuracy": ((margin > 0).to(margin.dtype) * gap).sum().detach() / pairs,
+                "margin": (margin * gap).sum().detach() / pairs,
             },
         )

@@ -6,6 +6,7 @@ Shapes: B completions, T completion tokens. ``group_ids`` [B] labels contiguous 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -74,12 +75,30 @@ def baseline(values: Tensor, group_ids: Tensor, kind: Baseline) -> Tensor:
     raise ValueError(f"unknown baseline {kind!r}")
 
 
+# ------------------------------------------------------------------------------ log-ratios
+#: Every log-ratio is clamped to [-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT] before it is exponentiated
+#: (as verl does): e^20 = 4.9e8 is finite in float32 and bfloat16, e^89 is not.
+LOG_RATIO_LIMIT = 20.0
+
+
+def bounded_log_ratio(logprobs: Tensor, other_logprobs: Tensor) -> Tensor:
+    """log(p / q) = logprobs - other_logprobs, clamped to +-LOG_RATIO_LIMIT; elementwise."""
+    return (logprobs - other_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+
+
 # ------------------------------------------------------------------------------ KL estimators
 def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: KLEstimator) -> Tensor:
     """Per-sample estimate of KL(pi || pi_ref) from y ~ pi, elementwise (tokens or sequences).
 
     With log r = log pi_ref(y) - log pi(y) (Schulman 2020, "Approximating KL divergence"):
     k1 = -log r;  k2 = (log r)^2 / 2;  k3 = (r - 1) - log r  (>= 0, unbiased like k1).
+    k3 exponentiates: use it per token (a sequence's log r overflows), with log r clamped to
+    +-LOG_RATIO_LIMIT.
+
+    As LOSS terms (gradient through pi only) they differ (Tang and Munos 2025, "On a few pitfalls in
+    KL divergence gradient estimation for RL", arXiv:2506.09477): on-policy, E[grad k1] = 0;
+    E[grad k2] = grad KL(pi || pi_ref) for a SEQUENCE-level k2; per-token k3 gives the gradient of
+    KL(pi_ref || pi), the other direction.
     """
     log_ratio = ref_logprobs - logprobs
     if kind == "k1":
@@ -87,14 +106,38 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: KLEstimator) -> Te
     if kind == "k2":
         return 0.5 * log_ratio**2
     if kind == "k3":
+        log_ratio = log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
         return torch.expm1(log_ratio) - log_ratio
     raise ValueError(f"unknown KL estimator {kind!r}")
 
 
 # -------------------------------------------------------------------------- importance weights
 def importance_weight(logprobs: Tensor, behavior_logprobs: Tensor, cap: float = float("inf")) -> Tensor:
-    """min(pi / mu, cap), detached; elementwise on tokens or sequences."""
-    return torch.exp(logprobs.detach() - behavior_logprobs).clamp(max=cap)
+    """min(pi / mu, cap), detached, computed in log space: exp(min(log pi - log mu, log cap)) with
+    the log-ratio clamped to +-LOG_RATIO_LIMIT; elementwise on tokens or sequences."""
+    log_weight = bounded_log_ratio(logprobs.detach(), behavior_logprobs)
+    if cap < float("inf"):
+        log_weight = log_weight.clamp(max=math.log(cap))
+    return log_weight.exp()
+
+
+def clipped_surrogate(log_ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float,
+                      clip_ratio_c: float = float("inf")) -> tuple[Tensor, Tensor]:
+    """PPO's clipped policy loss per token, with dual-clip; ``(loss, clipped)`` both shaped like
+    ``log_ratio`` ([B, T]; ``advantages`` broadcasts).
+
+        rho  = exp(log_ratio)                       (log_ratio already clamped by the caller)
+        l    = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high))      (Schulman et al. 2017)
+        l    = min(l, -A c)   where A < 0                     (dual-clip, Ye et al. 2020, arXiv:1912.09729)
+
+    ``clipped`` is 1 where the loss does not follow -A rho (no gradient there), else 0.
+    """
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    loss = torch.maximum(unclipped, -advantages * ratio.clamp(1 - clip_low, 1 + clip_high))
+    if clip_ratio_c < float("inf"):
+        loss = torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_ratio_c), loss)
+    return loss, (loss != unclipped).to(log_ratio.dtype)
 
 
 # ------------------------------------------------------------------------------- aggregation

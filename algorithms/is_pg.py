@@ -20,7 +20,8 @@ from rlft.batch import Batch
 @dataclass
 class ISPGConfig(AlgorithmConfig):
     beta: float = hp(0.05, "KL strength (folded into the reward)")
-    truncation: float = hp(float("inf"), "c in min(pi / mu, c); inf keeps the estimator unbiased")
+    truncation: float = hp(3.0, "c in min(pi / mu, c): bounds the variance (biased); inf: unbiased, but a "
+                                "sequence's ratio can be astronomically large")
     baseline: Literal["none", "loo"] = hp("loo", "reward baseline: none or leave-one-out (both keep it unbiased)")
 
 
@@ -28,11 +29,13 @@ class ISPGConfig(AlgorithmConfig):
 class ImportanceWeightedPG(Algorithm):
     """Sequence-level importance-weighted KL-regularised policy gradient (Precup et al. 2000).
 
-        w_i  = min(pi(y_i) / mu(y_i), c)                 (stop-gradient)
+        w_i  = min(pi(y_i) / mu(y_i), c)      (stop-gradient; in log space, log-ratio clamped to +-20)
         A_i  = r_i - beta * ell_i - b_i,   b = 0 or mean_{j != i} r_j
-        loss = - mean_i w_i A_i logp(y_i)
+        loss = - mean_i w_i * A_i * logp(y_i)
 
-    Unbiased for grad J(pi) under any full-support mu when c = inf.
+    Unbiased for grad J(pi) = grad (E[r] - beta KL(pi || pi_ref)) under any full-support mu when
+    c = inf; the default c = 3 trades that for bounded weights (truncated importance sampling).
+    ``Batch.correction`` (the rollout correction of on-policy rows) multiplies w.
     """
 
     Config = ISPGConfig
@@ -50,6 +53,6 @@ class ImportanceWeightedPG(Algorithm):
         ell = seq_logprobs.detach() - batch.ref_seq_logprobs
         advantages = batch.rewards - cfg.beta * ell - F.baseline(batch.rewards, batch.group_ids, cfg.baseline)
         return LossOutput(
-            loss=F.policy_gradient_loss(weights * advantages, seq_logprobs, norm),
+            loss=F.policy_gradient_loss(batch.sequence_correction * weights * advantages, seq_logprobs, norm),
             metrics={"importance_weight": F.sequence_mean(weights, norm)},
         )

@@ -22,10 +22,13 @@ from rlft.distributed import all_sum
 @dataclass
 class PPOConfig(AlgorithmConfig):
     epochs: int = hp(2, "optimisation passes over each batch")
+    mini_batch_groups: int = hp(4, "groups per mini-batch: each epoch takes ceil(groups / this) optimizer steps "
+                                   "over shuffled mini-batches (0: the whole batch)")
     beta: float = hp(0.05, "per-token k1 KL penalty folded into the reward")
     gamma: float = hp(1.0, "discount")
     lam: float = hp(0.95, "GAE lambda")
     clip_eps: float = hp(0.2, "policy ratio clip")
+    clip_ratio_c: float = hp(3.0, "dual-clip: where A < 0 the policy loss is at most -A * clip_ratio_c (inf: off)")
     value_clip: float = hp(0.2, "value clip around the values at preparation time")
     value_coef: float = hp(0.5, "weight of the value loss")
     whiten_advantages: bool = hp(True, "normalise advantages to zero mean, unit std over the batch")
@@ -66,24 +69,29 @@ def whiten(values: Tensor, mask: Tensor) -> Tensor:
 class PPO(Algorithm):
     """PPO (Schulman et al. 2017) with value head, GAE and per-token KL reward (Ouyang et al. 2022).
 
-        r_t  = -beta (log pi(y_t) - log pi_ref(y_t)) + r * 1[t = last]      (fixed at preparation)
-        A_t  = GAE(r, V_old; gamma, lambda),  R_t = A_t + V_old_t
-        l_t  = -min(rho_t A_t, clip(rho_t, 1 +- eps) A_t)
+        r_t  = -beta (log pi_old(y_t) - log pi_ref(y_t)) + r * 1[t = last]     (fixed at preparation)
+        A_t  = whiten(GAE(r, V_old; gamma, lambda)),  R_t = GAE + V_old_t
+        l_t  = max(-rho_t A_t, -clip(rho_t, 1 +- eps) A_t), and <= -c A_t where A_t < 0 (dual-clip)
                + c_v / 2 * max((V_t - R_t)^2, (clip(V_t, V_old_t +- eps_v) - R_t)^2)
-        loss = token-mean(l)
+        loss = token-mean(w_t * l_t)  per mini-batch; `epochs` passes of shuffled mini-batches, each
+               its own optimizer step
 
-    with rho_t = pi(y_t) / mu(y_t) against the behaviour log-probs; several epochs per batch.
+    rho_t = pi(y_t) / pi_old(y_t) (log-ratio clamped to +-20): pi_old is the trainer's own log-prob
+    under the weights before the first epoch (recomputed, ``needs.recompute_behavior``) for on-policy
+    rows, the behaviour policy's for off-policy rows; w is the rollout correction (1 unless the
+    sampler's numerics differ from the trainer's). The KL penalty estimates KL(pi || pi_ref) (k1 per
+    token, in the reward).
     """
 
     Config = PPOConfig
-    needs = Needs(ref_logprobs=True, value_head=True, prepare=True)
+    needs = Needs(ref_logprobs=True, value_head=True, prepare=True, recompute_behavior=True)
 
     def prepare(self, batch: Batch, logprobs: Tensor, values: Tensor | None) -> dict[str, Tensor]:
         cfg = self.config
         mask = batch.mask
         token_rewards = -cfg.beta * (logprobs - batch.ref_logprobs) * mask
         last = (batch.lengths - 1).clamp(min=0)
-        token_rewards[torch.arange(len(batch)), last] += batch.rewards
+        token_rewards[torch.arange(len(batch), device=mask.device), last] += batch.rewards
         advantages = gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
         returns = advantages + values
         if cfg.whiten_advantages:
@@ -93,14 +101,15 @@ class PPO(Algorithm):
     def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:
         cfg = self.config
         advantages, returns, old_values = (batch.extras[k] for k in ("advantages", "returns", "old_values"))
-        ratio = torch.exp(logprobs - batch.behavior_logprobs)
-        surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantages)
+        log_ratio = F.bounded_log_ratio(logprobs, batch.behavior_logprobs)
+        policy_loss, clipped = F.clipped_surrogate(log_ratio, advantages, cfg.clip_eps, cfg.clip_eps, cfg.clip_ratio_c)
         clipped_values = old_values + (values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
         value_loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
         mask = batch.completion_mask
-        pg_loss = F.aggregate(-surrogate, mask, "token-mean", norm)
+        pg_loss = F.aggregate(batch.correction * policy_loss, mask, "token-mean", norm)
         vf_loss = F.aggregate(value_loss, mask, "token-mean", norm)
         return LossOutput(
             loss=pg_loss + cfg.value_coef * vf_loss,
-            metrics={"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach()},
+            metrics={"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach(),
+                     "clip_fraction": F.aggregate(clipped.detach(), mask, "token-mean", norm)},
         )

@@ -22,20 +22,33 @@ class RAFTConfig(AlgorithmConfig):
 
 @register("raft")
 class RAFT(Algorithm):
-    """RAFT (Dong et al. 2023, arXiv:2304.06767): behaviour cloning of each group's best samples.
+    """RAFT (Dong et al. 2023, arXiv:2304.06767): supervised fine-tuning on each group's best samples.
 
         keep_i = [r_i = max_{j in group} r_j  and  r_i > min_reward]
-        loss   = - sum_i keep_i * logp(y_i) / B
+        loss   = - sum_i keep_i sum_t log pi(y_it) / sum_i keep_i |y_i|
+
+    the token-mean cross-entropy of the kept samples (the paper fine-tunes on the filtered set);
+    no KL term.
     """
 
     Config = RAFTConfig
     needs = Needs(ref_logprobs=False, min_group_size=1)
 
-    def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:
+    def kept(self, batch: Batch) -> Tensor:
+        """[B] 1.0 for the samples RAFT keeps, else 0.0."""
         rewards = batch.rewards
-        group_max = F.group_max(rewards, batch.group_ids)
-        keep = ((rewards >= group_max) & (rewards > self.config.min_reward)).to(rewards.dtype)
+        return ((rewards >= F.group_max(rewards, batch.group_ids)) & (rewards > self.config.min_reward)).to(rewards.dtype)
+
+    def denominators(self, batch: Batch) -> dict[str, Tensor]:
+        """``kept_tokens``: the completion tokens of the kept samples."""
+        return {"kept_tokens": (self.kept(batch) * batch.lengths).sum()}
+
+    def loss(self, batch: Batch, logprobs: Tensor, values: Tensor | None, norm: Normalizers) -> LossOutput:
+        if "kept_tokens" not in norm.extra:
+            raise ValueError("RAFT normalises by the kept tokens: build the Normalizers with "
+                             "Normalizers.of(batch, algorithm=raft) (the trainer does)")
+        keep = self.kept(batch)
         return LossOutput(
-            loss=F.policy_gradient_loss(keep, batch.sequence_sum(logprobs), norm),
+            loss=-(keep * batch.sequence_sum(logprobs)).sum() / max(norm.extra["kept_tokens"], 1.0),
             metrics={"kept_fraction": F.sequence_mean(keep, norm)},
         )

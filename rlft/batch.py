@@ -15,6 +15,11 @@ Shapes and dtypes::
     rewards           [B]    float   scalar reward r(x, y)
     behavior_logprobs [B, T] float   log mu(y_t | x, y_<t) recorded by the engine at sampling time
     ref_logprobs      [B, T] float   log pi_ref(y_t | x, y_<t), or None if no algorithm asked
+    sampler_logprobs  [B, T] float   what the sampler recorded, kept when the trainer replaced the
+                                     behaviour log-probs of on-policy rows by its own (pi_old), else None
+    rollout_weights   [B, T] float   weights correcting that sampler-trainer mismatch, 1 on off-policy
+                                     rows (see rlft.rollout_correction), or None: all 1
+    rollout_sequence_weights [B] float  the same correction for sequence-level estimators, or None
     is_offpolicy      [B]    bool    True if the sample came from a behaviour source, not the policy
     policy_version    [B]    long    version of the weights that produced the sample (-1: not a policy)
     sources           list[str] of length B: "policy", "ref", "stale:2", "dataset", ...
@@ -40,6 +45,9 @@ class Batch:
     rewards: Tensor
     behavior_logprobs: Tensor
     ref_logprobs: Tensor | None = None
+    sampler_logprobs: Tensor | None = None
+    rollout_weights: Tensor | None = None
+    rollout_sequence_weights: Tensor | None = None
     is_offpolicy: Tensor | None = None
     policy_version: Tensor | None = None
     sources: list[str] = field(default_factory=list)
@@ -82,6 +90,18 @@ class Batch:
         return (token_values * self.mask).sum(-1)
 
     @property
+    def correction(self) -> Tensor:
+        """[B, T] the rollout correction weights (``rollout_weights``), 1 where none were computed."""
+        return self.rollout_weights if self.rollout_weights is not None else torch.ones_like(self.behavior_logprobs)
+
+    @property
+    def sequence_correction(self) -> Tensor:
+        """[B] the rollout correction of each sequence (``rollout_sequence_weights``), 1 where none."""
+        if self.rollout_sequence_weights is not None:
+            return self.rollout_sequence_weights
+        return self.behavior_logprobs.new_ones(len(self))
+
+    @property
     def behavior_seq_logprobs(self) -> Tensor:
         """[B] log mu(y | x)."""
         return self.sequence_sum(self.behavior_logprobs)
@@ -120,6 +140,18 @@ class Batch:
             self.select(slice(bounds[g], bounds[min(g + groups_per_slice, len(counts))]))
             for g in range(0, len(counts), groups_per_slice)
         ]
+
+    def mini_batches(self, count: int, generator: torch.Generator) -> list[tuple[Tensor, "Batch"]]:
+        """The groups in a random order drawn from ``generator``, split into ``count`` mini-batches of
+        whole groups whose sizes differ by at most one group: ``[(rows [b] of this batch, Batch)]``."""
+        _, counts = torch.unique_consecutive(self.group_ids, return_counts=True)
+        starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]]).tolist()
+        order = torch.randperm(len(counts), generator=generator, device=generator.device)
+        device, out = self.group_ids.device, []
+        for chunk in torch.tensor_split(order, count):
+            rows = torch.cat([torch.arange(starts[g], starts[g] + int(counts[g]), device=device) for g in chunk.tolist()])
+            out.append((rows, self.select(rows)))
+        return out
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
@@ -161,6 +193,9 @@ class Batch:
             rewards=cat("rewards"),
             behavior_logprobs=cat("behavior_logprobs", T),
             ref_logprobs=cat("ref_logprobs", T),
+            sampler_logprobs=cat("sampler_logprobs", T),
+            rollout_weights=cat("rollout_weights", T),
+            rollout_sequence_weights=cat("rollout_sequence_weights"),
             is_offpolicy=cat("is_offpolicy"),
             policy_version=cat("policy_version"),
             sources=[s for b in batches for s in b.sources],

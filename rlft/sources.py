@@ -49,22 +49,26 @@ def stable_seed(*parts: object) -> int:
 
 def generation_batch(gen: Generation, rewards: Sequence[float], n: int, source: str,
                      offpolicy: bool, version: int) -> Batch:
-    """Wrap an engine's Generation (groups of n adjacent rows) as a Batch."""
-    B = len(gen)
+    """Wrap an engine's Generation (groups of n adjacent rows) as a Batch, on the Generation's device."""
+    B, device = len(gen), gen.completion_ids.device
     return Batch(
         prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
         completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
-        group_ids=torch.arange(B // n).repeat_interleave(n),
-        rewards=torch.tensor(rewards, dtype=torch.float32),
+        group_ids=torch.arange(B // n, device=device).repeat_interleave(n),
+        rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
         behavior_logprobs=at_least_float32(gen.logprobs),
-        is_offpolicy=torch.full((B,), offpolicy),
-        policy_version=torch.full((B,), version, dtype=torch.long),
+        is_offpolicy=torch.full((B,), offpolicy, device=device),
+        policy_version=torch.full((B,), version, dtype=torch.long, device=device),
         sources=[source] * B,
     )
 
 
 class BehaviorSource:
-    """Base class: ``sample(problems, n, seed)`` -> a Batch of ``len(problems)`` groups."""
+    """Base class: ``sample(problems, n, seed)`` -> a Batch of ``len(problems)`` groups.
+
+    A source builds its batch on the device of the tensors it starts from (an engine's output, on
+    the CPU; the reference model's device); the trainer moves it to its own.
+    """
 
     tag = "behavior"
 
@@ -155,12 +159,15 @@ class StaleSource(BehaviorSource):
 
 
 class DatasetSource(BehaviorSource):
-    """Groups of completions from a jsonl file; behaviour log-probs scored under pi_ref."""
+    """Groups of completions from a jsonl file; behaviour log-probs scored under pi_ref at the run's
+    sampling temperature, on the reference model's device (where the batch is built)."""
 
     tag = "dataset"
 
-    def __init__(self, path: str | Path, tokenizer, ref_model: torch.nn.Module, prompt_fn: PromptFn) -> None:
+    def __init__(self, path: str | Path, tokenizer, ref_model: torch.nn.Module, prompt_fn: PromptFn,
+                 temperature: float = 1.0) -> None:
         self.path = Path(path)
+        self.temperature = temperature
         if not self.path.is_file():
             raise UsageError(f"dataset:{path}: no such file (expected jsonl rows of prompt, completion, reward)")
         self.tokenizer, self.ref_model, self.prompt_fn = tokenizer, ref_model, prompt_fn
@@ -181,30 +188,33 @@ class DatasetSource(BehaviorSource):
 
     def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
         g = torch.Generator().manual_seed(seed)
-        chosen = [self.prompts[i] for i in torch.randint(len(self.prompts), (len(problems),), generator=g)]
+        chosen = [self.prompts[i] for i in torch.randint(len(self.prompts), (len(problems),), generator=g, device="cpu")]
         prompt_texts, completions, rewards = [], [], []
         for prompt in chosen:
             rows = self.groups[prompt]
-            for i in torch.randint(len(rows), (n,), generator=g).tolist():
+            for i in torch.randint(len(rows), (n,), generator=g, device="cpu").tolist():
                 prompt_texts.append(self.prompt_fn(prompt))
                 completions.append(rows[i][0])
                 rewards.append(rows[i][1])
         tok = self.tokenizer
-        prompts = tok(prompt_texts, padding=True, padding_side="left", return_tensors="pt")
+        device = next(self.ref_model.parameters()).device
         eos = tok.eos_token or ""
-        comps = tok([c + eos for c in completions], padding=True, padding_side="right",
-                    add_special_tokens=False, return_tensors="pt")
-        prompt_mask, completion_mask = prompts["attention_mask"].bool(), comps["attention_mask"].bool()
+        prompts = tok(prompt_texts, padding=True, padding_side="left")
+        comps = tok([c + eos for c in completions], padding=True, padding_side="right", add_special_tokens=False)
+        prompt_ids, completion_ids = (torch.tensor(e["input_ids"], device=device) for e in (prompts, comps))
+        prompt_mask, completion_mask = (torch.tensor(e["attention_mask"], device=device).bool() for e in (prompts, comps))
         with torch.no_grad():
-            behavior = token_logprobs(self.ref_model, prompts["input_ids"], prompt_mask,
-                                      comps["input_ids"], completion_mask)
+            behavior = token_logprobs(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                      temperature=self.temperature)
         B = len(completions)
         return Batch(
-            prompt_ids=prompts["input_ids"], prompt_mask=prompt_mask,
-            completion_ids=comps["input_ids"], completion_mask=completion_mask,
-            group_ids=torch.arange(B // n).repeat_interleave(n),
-            rewards=torch.tensor(rewards, dtype=torch.float32), behavior_logprobs=at_least_float32(behavior),
-            is_offpolicy=torch.ones(B, dtype=torch.bool), policy_version=torch.full((B,), -1),
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+            completion_ids=completion_ids, completion_mask=completion_mask,
+            group_ids=torch.arange(B // n, device=device).repeat_interleave(n),
+            rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
+            behavior_logprobs=at_least_float32(behavior),
+            is_offpolicy=torch.ones(B, dtype=torch.bool, device=device),
+            policy_version=torch.full((B,), -1, device=device),
             sources=["dataset"] * B,
         )
 

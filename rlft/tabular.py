@@ -105,24 +105,31 @@ def sample_batch(
     )
 
 
-def update(algorithm: Algorithm, policy: TabularPolicy, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """One batch: optional ``prepare``, then ``algorithm.epochs`` full-batch gradient steps."""
-    norm = Normalizers.of(batch)
+def update(algorithm: Algorithm, policy: TabularPolicy, batch: Batch, optimizer: torch.optim.Optimizer,
+           generator: torch.Generator | None = None) -> dict[str, float]:
+    """One batch as the LM trainer takes it: optional ``prepare``, then ``algorithm.epochs`` passes
+    over its mini-batches (``mini_batch_groups``; shuffled with ``generator``), one step each.
+    (The behaviour log-probs of on-policy rows are the policy's own here: nothing to recompute.)"""
     use_values = algorithm.needs.value_head
     if algorithm.needs.prepare:
         with torch.no_grad():
             batch.extras = algorithm.prepare(
                 batch, policy.token_logprobs(batch), policy.values(batch) if use_values else None
             )
+    size, groups = algorithm.config.mini_batch_groups, batch.num_groups
+    count = min(math.ceil(groups / size), groups) if size else 1
     metrics: dict[str, float] = {}
     for _ in range(algorithm.epochs):
-        out = algorithm.loss(batch, policy.token_logprobs(batch), policy.values(batch) if use_values else None, norm)
-        if not torch.isfinite(out.loss):
-            raise NonFiniteLoss(f"{algorithm.name} loss is {out.loss.item()}")
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        metrics = {"loss": out.loss.item(), **{k: float(v) for k, v in out.metrics.items()}}
+        minis = [batch] if count == 1 else [mini for _, mini in batch.mini_batches(count, generator)]
+        for mini in minis:
+            norm = Normalizers.of(mini, algorithm=algorithm)
+            out = algorithm.loss(mini, policy.token_logprobs(mini), policy.values(mini) if use_values else None, norm)
+            if not torch.isfinite(out.loss):
+                raise NonFiniteLoss(f"{algorithm.name} loss is {out.loss.item()}")
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+            metrics = {"loss": out.loss.item(), **{k: float(v) for k, v in out.metrics.items()}}
     return metrics
 
 
@@ -151,10 +158,11 @@ def train(algorithm: Algorithm, run: TabularRun) -> list[tuple[int, float]]:
         [{"params": [policy.logits], "lr": run.lr}, {"params": [policy.value], "lr": run.value_lr}]
     )
     generator = torch.Generator().manual_seed(run.seed + 1)
+    shuffle = torch.Generator().manual_seed(run.seed + 2)  # mini-batch order, apart from the sampling stream
     curve = [(0, bandit.normalized_kl(policy.logprobs().detach()))]
     for step in range(1, run.steps + 1):
         batch = sample_batch(bandit, policy.logprobs(), run.groups, run.group_size, run.offpolicy, generator, step)
-        update(algorithm, policy, batch, optimizer)
+        update(algorithm, policy, batch, optimizer, shuffle)
         if step % run.log_every == 0 or step == run.steps:
             nkl = bandit.normalized_kl(policy.logprobs().detach())
             if not math.isfinite(nkl):

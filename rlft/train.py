@@ -80,6 +80,19 @@ def build_parser() -> cli.ArgumentParser:
                         "--engine-arg tensor_parallel_size=2 --engine-arg gpu_memory_utilization=0.3; "
                         "values are Python literals (numbers, True/False) or strings")
     p.add_argument("--dtype", default=d.dtype, help="float32 (default), bfloat16, or float64 for numerical checks")
+    p.add_argument("--recompute-behavior", default=d.recompute_behavior, choices=["auto", "on", "off"],
+                   help="replace the behaviour log-probs of on-policy samples by the trainer's own (pi_old) and "
+                        "correct the loss for the sampler-trainer mismatch (auto: when the engine's numerics "
+                        "differ from the trainer's, e.g. vllm, or the algorithm needs pi_old, e.g. ppo)")
+    p.add_argument("--rollout-correction", default=d.rollout_correction,
+                   choices=["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"],
+                   help="how ratio-based algorithms weight on-policy samples by pi_old / mu when the behaviour is "
+                        "recomputed: clamp the ratio to [min, max] (truncate) or zero it outside (mask), per "
+                        "token or per sequence (default sequence_mask, as TRL)")
+    p.add_argument("--rollout-correction-min", type=float, default=d.rollout_correction_min,
+                   help="lower end of the accepted ratio band (default 0)")
+    p.add_argument("--rollout-correction-max", type=float, default=d.rollout_correction_max,
+                   help="upper end of the accepted ratio band (default 3)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
     p.add_argument("--report-to", default=d.report_to, choices=["none", "tensorboard", "wandb"],

@@ -48,6 +48,7 @@ from rlft.engines.base import SamplingParams
 from rlft.errors import NonFiniteLoss, UsageError
 from rlft.models import load_model
 from rlft.policy import PolicyWithValue, load_policy, save_policy, score_batch
+from rlft import rollout_correction
 from rlft.rewards import Grader
 from rlft.sources import DatasetSource, EngineSource, Mixer, RefPoolSource, StaleSource, stable_seed
 
@@ -89,6 +90,11 @@ class TrainConfig:
     out: str = "runs/train"
     dtype: str = "float32"
     threads: int = 0  # CPU threads for torch; 0: 1 for models under SMALL_MODEL_PARAMS, else torch's default
+    # the sampler-trainer mismatch of on-policy rows (rlft/rollout_correction.py)
+    recompute_behavior: str = "auto"  # auto | on | off: replace their behaviour log-probs by the trainer's pi_old
+    rollout_correction: str = "sequence_mask"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
+    rollout_correction_min: float = 0.0  # the band [min, max] of accepted pi_old / mu ratios
+    rollout_correction_max: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offpolicy <= 1.0:
@@ -105,6 +111,14 @@ class TrainConfig:
             raise UsageError(f"lr must be > 0, got {self.lr}")
         if self.temperature <= 0:
             raise UsageError(f"temperature must be > 0 for training (log-probs are scored at it), got {self.temperature}")
+        if self.recompute_behavior not in ("auto", "on", "off"):
+            raise UsageError(f"recompute_behavior must be auto, on or off, got {self.recompute_behavior!r}")
+        if self.rollout_correction not in rollout_correction.MODES:
+            raise UsageError(f"rollout_correction {self.rollout_correction!r} is unknown; use one of "
+                             f"{', '.join(rollout_correction.MODES)}")
+        if not 0.0 <= self.rollout_correction_min < self.rollout_correction_max:
+            raise UsageError(f"need 0 <= rollout_correction_min < rollout_correction_max, got "
+                             f"{self.rollout_correction_min:g} and {self.rollout_correction_max:g}")
         if self.dtype not in ("float32", "bfloat16", "float64"):
             raise UsageError(f"dtype must be float32, bfloat16 or float64 (for numerical checks), got {self.dtype!r}")
 
@@ -156,6 +170,9 @@ class Trainer:
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.completion_budget)
         self.engine = engine_cls(model, self.tokenizer, **cfg.engine_args)
+        #: whether on-policy behaviour log-probs are replaced by the trainer's pi_old (see update)
+        self.recompute_behavior = (cfg.recompute_behavior == "on" or self.algorithm.needs.recompute_behavior or
+                                   (cfg.recompute_behavior == "auto" and not self.engine.computes_like(model)))
         self.grader = Grader()
         policy_source = EngineSource(self.engine, self.prompt, self.grader, self.sampling, "policy", False,
                                      lambda: self.engine.version)
@@ -174,7 +191,7 @@ class Trainer:
         if kind == "stale":
             engine = ENGINES.get("hf")(self.model, self.tokenizer, own_copy=True)
             return StaleSource(engine, int(arg), self.prompt, self.grader, self.sampling, self.model.state_dict())
-        return DatasetSource(arg, self.tokenizer, self.ref_model, self.prompt)
+        return DatasetSource(arg, self.tokenizer, self.ref_model, self.prompt, self.config.temperature)
 
     def problems_for_step(self, step: int) -> list[Problem]:
         """The ``groups`` training problems of step ``step`` (1-based): seeded epochs over the train set."""
@@ -203,73 +220,115 @@ class Trainer:
         return self.mixer.batch(self.problems_for_step(step), self.config.group_size, step).to(self.accelerator.device)
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
-        """Learn from ``batch`` (this process's groups): reference log-probs, [prepare], then per epoch
-        one optimizer step over its group-aligned micro-batches; the engine and the behaviour source
-        then follow the new weights.
+        """Learn from ``batch`` (this process's groups), then let the engine and the behaviour source
+        follow the new weights; returns the batch's metrics, over all processes.
 
-        Every loss is normalised by the WHOLE batch's counts (all micro-batches and processes), and
-        multiplied by the number of processes because DDP averages gradients over them: the step
-        is the same however the batch is split. Returns the batch's metrics, over all processes.
+        Reference log-probs; pi_old, the policy's own log-probs before the update, where the
+        algorithm prepares (PPO's values and advantages) or the behaviour of on-policy rows is
+        recomputed (:func:`rlft.rollout_correction.recompute_on_policy`); then ``epochs`` passes over
+        the batch's mini-batches (:meth:`mini_batches`), one optimizer step each, each mini-batch in
+        group-aligned micro-batches. Every loss is normalised by the WHOLE mini-batch's counts (all
+        micro-batches and processes) and multiplied by the number of processes because DDP
+        averages gradients over them: the step is the same however the batch is split.
         """
         cfg, algo, device = self.config, self.algorithm, self.accelerator.device
+        correction: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             batch.ref_logprobs = score_batch(self.ref_model, batch, temperature=cfg.temperature).logprobs
-        norm = Normalizers.across_processes(batch, max_tokens=cfg.completion_budget)
-        if algo.needs.prepare:
-            with torch.no_grad():
-                scores = score_batch(self.policy, batch, temperature=cfg.temperature)
-                batch.extras = algo.prepare(batch, scores.logprobs, scores.values)
-        micro_batches = batch.group_slices(cfg.micro_groups) if cfg.micro_groups else [batch]
+            if algo.needs.prepare or self.recompute_behavior:
+                before = score_batch(self.policy, batch, temperature=cfg.temperature)
+                if self.recompute_behavior:
+                    correction = rollout_correction.recompute_on_policy(
+                        batch, before.logprobs, cfg.rollout_correction, cfg.rollout_correction_min,
+                        cfg.rollout_correction_max)
+                if algo.needs.prepare:
+                    batch.extras = algo.prepare(batch, before.logprobs, before.values)
         sums: dict[str, float] = {}
-        seq_logprobs, entropy_sum = [], 0.0
+        seq_logprobs = batch.behavior_logprobs.new_zeros(len(batch))  # the first pass's, in row order
+        entropy_sum, grad_norms = 0.0, []
         for epoch in range(algo.epochs):
-            for i, micro in enumerate(micro_batches):
-                # gradients are all-reduced once, with the last micro-batch's backward
-                sync = i == len(micro_batches) - 1
-                with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.policy):
-                    scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
-                    out = algo.loss(micro, scores.logprobs, scores.values, norm)
-                    finite = bool(torch.isfinite(out.loss))
-                    if not all_true(finite, device):  # every process stops, not only the one that saw it
-                        what = f"loss is {out.loss.item()}" if not finite else "loss is not finite on another process"
-                        where = f" (process {self.rank} of {self.processes})" if self.processes > 1 else ""
-                        raise NonFiniteLoss(f"step {step}: {cfg.algo} {what}{where}")
-                    self.accelerator.backward(out.loss * self.processes)
-                if epoch == 0:
-                    for key, value in {"loss": out.loss, **out.metrics}.items():
-                        sums[key] = sums.get(key, 0.0) + value.detach().item()
-                    seq_logprobs.append(micro.sequence_sum(scores.logprobs.detach()))
-                    entropy_sum += float((scores.entropy.detach() * micro.mask).sum())
-            grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLoss(f"step {step}: gradient norm is {grad_norm}")
-            self.optimizer.step()
-            self.optimizer.zero_grad()
+            minis = self.mini_batches(batch, step, epoch)
+            for rows, mini in minis:
+                norm = Normalizers.across_processes(mini, max_tokens=cfg.completion_budget, algorithm=algo)
+                micro_batches = mini.group_slices(cfg.micro_groups) if cfg.micro_groups else [mini]
+                done = 0
+                for i, micro in enumerate(micro_batches):
+                    # gradients are all-reduced once, with the last micro-batch's backward
+                    sync = i == len(micro_batches) - 1
+                    with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.policy):
+                        scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
+                        out = algo.loss(micro, scores.logprobs, scores.values, norm)
+                        self._check_finite(out.loss, step)
+                        self.accelerator.backward(out.loss * self.processes)
+                    if epoch == 0:  # the batch's metrics: the mean over its mini-batches
+                        for key, value in {"loss": out.loss, **out.metrics}.items():
+                            sums[key] = sums.get(key, 0.0) + value.detach().item() / len(minis)
+                        seq_logprobs[rows[done: done + len(micro)]] = micro.sequence_sum(scores.logprobs.detach())
+                        entropy_sum += float((scores.entropy.detach() * micro.mask).sum())
+                        done += len(micro)
+                grad_norms.append(self._optimizer_step(step))
         state = self.model.state_dict()
         self.engine.load_weights(state)
         self.behavior.after_update(step, state)
 
         # losses and metrics are additive shares of the batch's; per-sample values are gathered
-        keys = sorted(sums)
-        totals = all_sum(torch.tensor([sums[k] for k in keys] + [entropy_sum, float(batch.completion_mask.sum())],
+        keys, correction_keys = sorted(sums), sorted(correction)
+        totals = all_sum(torch.tensor([sums[k] for k in keys] + [float(correction[k]) for k in correction_keys]
+                                      + [entropy_sum, float(batch.completion_mask.sum())],
                                       dtype=torch.float64, device=device)).tolist()
-        *summed, entropy_sum, tokens = totals
+        summed, correction_sums = totals[:len(keys)], dict(zip(correction_keys, totals[len(keys):-2]))
+        entropy_sum, tokens = totals[-2:]
         gather = self.accelerator.gather
         rewards = gather(batch.rewards.float().contiguous())
         off = gather(batch.is_offpolicy.float().contiguous()).bool()
-        ell = gather((torch.cat(seq_logprobs) - batch.ref_seq_logprobs).float().contiguous())
-        return {
+        ell = gather((seq_logprobs - batch.ref_seq_logprobs).float().contiguous())
+        metrics = {
             "reward": float(rewards.mean()),
             "reward_onpolicy": _masked_mean(rewards, ~off),
             "reward_offpolicy": _masked_mean(rewards, off),
             "kl_ref": _masked_mean(ell, ~off),  # mean ell on the policy's own samples: KL(pi || pi_ref)
             "ell_offpolicy": _masked_mean(ell, off),  # drift from the behaviour data
             "entropy": entropy_sum / tokens,
-            "grad_norm": grad_norm,
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "optimizer_steps": len(grad_norms),
             "offpolicy_share": float(off.float().mean()),
             "completion_tokens": tokens / len(rewards),
             **dict(zip(keys, summed)),
         }
+        if correction_sums:  # per on-policy token: KL(sampler || trainer), the mean weight, the masked share
+            on_tokens = max(correction_sums["tokens"], 1.0)
+            metrics.update(sampler_kl=correction_sums["sampler_kl"] / on_tokens,
+                           rollout_weight=correction_sums["weight"] / on_tokens,
+                           rollout_masked=correction_sums["masked"] / on_tokens)
+        return metrics
+
+    def mini_batches(self, batch: Batch, step: int, epoch: int) -> list[tuple[torch.Tensor, Batch]]:
+        """``[(rows, mini-batch)]`` for one pass over ``batch``: the whole batch if the algorithm's
+        ``mini_batch_groups`` is 0, else ceil(groups / mini_batch_groups) shuffled mini-batches of
+        whole groups (each process splits its own groups into as many; seeded by step and epoch)."""
+        size = self.algorithm.config.mini_batch_groups
+        count = min(math.ceil(self.config.groups / size), batch.num_groups) if size else 1
+        if count == 1:
+            return [(torch.arange(len(batch), device=batch.group_ids.device), batch)]
+        generator = torch.Generator().manual_seed(stable_seed(self.config.seed, "mini-batches", step, epoch, self.rank))
+        return batch.mini_batches(count, generator)
+
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        """Stop every process, not only the one that saw it, on a NaN or inf loss."""
+        finite = bool(torch.isfinite(loss))
+        if not all_true(finite, self.accelerator.device):
+            what = f"loss is {loss.item()}" if not finite else "loss is not finite on another process"
+            where = f" (process {self.rank} of {self.processes})" if self.processes > 1 else ""
+            raise NonFiniteLoss(f"step {step}: {self.config.algo} {what}{where}")
+
+    def _optimizer_step(self, step: int) -> float:
+        """Clip, step and zero the gradients; returns the gradient norm before clipping."""
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLoss(f"step {step}: gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return grad_norm
 
     # -------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -145,7 +145,7 @@ def group_losses(algorithm: Algorithm, problem: Problem, theta: Tensor, value: f
     for arms in all_groups(problem.K, problem.n):
         batch = group_batch(arms, mu_logprobs, ref_logprobs, rewards)
         values = None if value is None else torch.full((problem.n, 1), value, dtype=DTYPE)
-        out = algorithm.loss(batch, logpi[batch.completion_ids], values, Normalizers.of(batch))
+        out = algorithm.loss(batch, logpi[batch.completion_ids], values, Normalizers.of(batch, algorithm=algorithm))
         weight = float(mu_logprobs[list(arms)].sum().exp())
         yield weight, out.loss
 

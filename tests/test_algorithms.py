@@ -63,7 +63,7 @@ def compute_loss(algorithm: algorithms.Algorithm, batch: Batch, logprobs: torch.
     values = values if algorithm.needs.value_head else None
     if algorithm.needs.prepare:
         batch.extras = algorithm.prepare(batch, logprobs.detach(), None if values is None else values.detach())
-    return algorithm.loss(batch, logprobs, values, Normalizers.of(batch))
+    return algorithm.loss(batch, logprobs, values, Normalizers.of(batch, algorithm=algorithm))
 
 
 def check_output(out, leaves: list[torch.Tensor]) -> None:
@@ -290,7 +290,8 @@ def test_dpo_skips_groups_without_gap() -> None:
     """A batch whose groups all have equal rewards makes no pair: loss 0, zero gradient."""
     batch, logprobs, values = lm_batch(dtype=torch.float64)
     batch.rewards = torch.full_like(batch.rewards, 0.5)
-    out = algorithms.make("dpo", beta=0.1).loss(batch, logprobs, None, Normalizers.of(batch))
+    dpo = algorithms.make("dpo", beta=0.1)
+    out = dpo.loss(batch, logprobs, None, Normalizers.of(batch, algorithm=dpo))
     assert out.loss.item() == 0.0
     (grad,) = torch.autograd.grad(out.loss, logprobs)
     assert (grad == 0).all()
@@ -310,6 +311,37 @@ def test_dpo_pair_loss_value() -> None:
     beta = 0.5
     margin = beta * ((-0.5 + 2.0) - (-1.5 + 1.0))  # chosen is row 1
     expected = -torch.nn.functional.logsigmoid(torch.tensor(margin, dtype=torch.float64))
-    out = algorithms.make("dpo", beta=beta).loss(batch, logprobs, None, Normalizers.of(batch))
+    dpo = algorithms.make("dpo", beta=beta)
+    out = dpo.loss(batch, logprobs, None, Normalizers.of(batch, algorithm=dpo))
     # one pair: a margin of two sums and a softplus, values of size ~1 (tests/tolerances.py)
     torch.testing.assert_close(out.loss, expected, rtol=0, atol=difference([2, 2, 2], 1.0, torch.float64))
+
+
+def test_dpo_is_the_mean_over_pairs():
+    """Two groups, one without a reward gap: the loss is the one pair's loss, not half of it."""
+    batch, logprobs, _ = lm_batch(dtype=torch.float64)
+    alone = batch.select(slice(0, 4))  # group 0 has a gap (rewards 1 and 0)
+    tied = batch.select(slice(4, 8))
+    tied.rewards = torch.full_like(tied.rewards, 0.5)
+    both = Batch.concat([alone, tied])
+    dpo = algorithms.make("dpo", beta=0.1)
+    one = dpo.loss(alone, logprobs[:4], None, Normalizers.of(alone, algorithm=dpo)).loss
+    two = dpo.loss(both, logprobs[:8], None, Normalizers.of(both, algorithm=dpo)).loss
+    assert dpo.denominators(both)["pairs"] == 1
+    torch.testing.assert_close(two, one, rtol=0, atol=difference([2, 2, 2], 1.0, torch.float64))
+
+
+def test_raft_is_token_mean_cross_entropy_of_the_kept_samples():
+    batch, logprobs, _ = lm_batch(dtype=torch.float64)
+    raft = algorithms.make("raft")
+    keep = raft.kept(batch)
+    assert keep.sum() >= 3  # each group keeps its best sample
+    expected = -(logprobs * batch.completion_mask)[keep.bool()].sum() / batch.lengths[keep.bool()].sum()
+    out = raft.loss(batch, logprobs, None, Normalizers.of(batch, algorithm=raft))
+    tokens = int(batch.completion_mask.sum())
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=difference([tokens, tokens], 2.0, torch.float64))
+
+
+def test_reinforce_refuses_a_k1_loss_term():
+    with pytest.raises(UsageError, match="zero expected gradient"):
+        algorithms.make("reinforce", kl="loss", kl_estimator="k1")

@@ -89,6 +89,8 @@ UNBIASED = [
     ("agro", dict(baseline="loo")),
     ("is-pg", dict(baseline="none", truncation=INF)),
     ("is-pg", dict(baseline="loo", truncation=INF)),
+    ("reinforce", dict(baseline="none", kl="loss", kl_estimator="k2")),
+    ("reinforce", dict(baseline="loo", kl="loss", kl_estimator="k2")),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for name, kw in UNBIASED]
 
@@ -99,6 +101,20 @@ IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for name, kw in U
 def test_on_policy_unbiased(name: str, overrides: dict, problem: Problem) -> None:
     """mu = pi: E_{y_1..n ~ pi}[-grad loss] = grad J(pi) exactly."""
     close(expected_gradient(make(name, problem, **overrides), problem), problem.grad_objective_analytic())
+
+
+@pytest.mark.parametrize("baseline", ["none", "loo"])
+@EXACT
+@given(problem=problems(on_policy=True))
+def test_reinforce_k3_loss_is_the_reverse_kl_gradient(baseline: str, problem: Problem) -> None:
+    """mu = pi: with a per-token k3 loss term, E[-grad loss] = grad E_pi[r] - beta grad KL(pi_ref || pi):
+    the OTHER direction of KL than the objective's (the gradient of KL(pi_ref || pi) in softmax
+    logits is pi - pi_ref)."""
+    pi = torch.softmax(problem.tensor(problem.theta), -1)
+    reward_gradient = pi * (problem.r - (pi * problem.r).sum())
+    expected = reward_gradient - problem.beta * (pi - problem.ref_logprobs.exp())
+    algorithm = make("reinforce", problem, baseline=baseline, kl="loss", kl_estimator="k3")
+    close(expected_gradient(algorithm, problem), expected)
 
 
 @EXACT
@@ -201,6 +217,39 @@ def test_is_pg_unbiased_off_policy(baseline: str, problem: Problem) -> None:
     """Any full-support mu: untruncated is-pg has E_mu[-grad loss] = grad J(pi)."""
     algorithm = make("is-pg", problem, baseline=baseline, truncation=INF)
     close(expected_gradient(algorithm, problem), problem.grad_objective_analytic())
+
+
+def per_sample_expectation(problem: Problem, weights: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """E_{y ~ mu}[w(y) A(y) grad_theta log pi(y)] = sum_y mu_y w_y A_y (e_y - pi) for a softmax policy."""
+    pi = torch.softmax(problem.tensor(problem.theta), -1)
+    terms = problem.mu_logprobs().exp() * weights * advantages
+    return terms - pi * terms.sum()
+
+
+@EXACT
+@given(problem=problems())
+def test_truncated_is_pg_expected_gradient(problem: Problem) -> None:
+    """Any mu, truncation c: E_mu[-grad loss] = E_mu[min(pi / mu, c) (r - beta ell) grad log pi]."""
+    c = 1.5
+    logpi = torch.log_softmax(problem.tensor(problem.theta), -1)
+    weights = (logpi - problem.mu_logprobs()).exp().clamp(max=c)
+    advantages = problem.r - problem.beta * (logpi - problem.ref_logprobs)
+    algorithm = make("is-pg", problem, baseline="none", truncation=c)
+    close(expected_gradient(algorithm, problem), per_sample_expectation(problem, weights, advantages))
+
+
+@EXACT
+@given(problem=problems(), c=st.sampled_from([0.25, 0.5, 0.75]))
+def test_topr_splits_by_the_reward(problem: Problem, c: float) -> None:
+    """TOPR as in Le Roux et al. 2025, any mu: positive samples (r >= c) weight 1, negative ones the
+    truncated ratio min(pi / mu, 1); A = r - c - beta ell:
+    E_mu[-grad loss] = E_mu[w(y) A(y) grad log pi(y)]."""
+    logpi = torch.log_softmax(problem.tensor(problem.theta), -1)
+    tapered = (logpi - problem.mu_logprobs()).exp().clamp(max=1.0)
+    weights = torch.where(problem.r >= c, torch.ones_like(tapered), tapered)
+    advantages = problem.r - c - problem.beta * (logpi - problem.ref_logprobs)
+    algorithm = make("topr", problem, reward_baseline=c)
+    close(expected_gradient(algorithm, problem), per_sample_expectation(problem, weights, advantages))
 
 
 # ============================================================================ 4. KL estimators
@@ -338,7 +387,7 @@ def test_micro_batches_sum_to_whole_batch(name: str, overrides: dict, drawn) -> 
     algorithm = algorithms.make(name, **overrides)
     if algorithm.needs.prepare:
         batch.extras = algorithm.prepare(batch, logprobs.detach(), values.detach())
-    norm = Normalizers.of(batch)
+    norm = Normalizers.of(batch, algorithm=algorithm)  # the WHOLE batch's counts, the algorithm's own included
     leaves = (logprobs, values) if algorithm.needs.value_head else (logprobs,)
 
     whole = run(algorithm, batch, logprobs, values, norm)

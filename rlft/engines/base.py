@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Mapping
 
+import torch
 from torch import Tensor
 
 from rlft.registry import Registry
@@ -109,6 +110,12 @@ class RolloutEngine(ABC):
     @abstractmethod
     def load_weights(self, state_dict: Mapping[str, Tensor]) -> None:
         """Copy the trainer's weights in and bump :attr:`version`."""
+
+    def computes_like(self, model: torch.nn.Module) -> bool:
+        """True if the log-probs this engine records are the trainer's own computation for ``model``
+        (the same code, kernels and dtype), so that recomputing them would give them back up to
+        rounding. False (the default, e.g. vLLM) makes ``recompute_behavior="auto"`` recompute them."""
+        return False
 
 
 def encode_prompts(tokenizer, prompts: list[str], n: int) -> tuple[Tensor, Tensor]:

@@ -69,6 +69,9 @@ class HFEngine(RolloutEngine):
             to ~4e-5 with several (multithreaded matrix kernels split rows by count).
         stop_token_ids: tokens that end a completion (kept, and masked True). Default: the
             tokenizer's EOS plus the model generation config's EOS ids.
+        dtype: sample from an own copy in this dtype (``"bfloat16"``: a bfloat16 sampler under a
+            float32 trainer, as a bfloat16 vLLM engine would be); implies ``own_copy``. Its
+            recorded log-probs then differ from the trainer's (see ``TrainConfig.recompute_behavior``).
     """
 
     def __init__(
@@ -80,13 +83,20 @@ class HFEngine(RolloutEngine):
         max_batch_rows: int = 64,
         share_prompts: bool = True,
         stop_token_ids: list[int] | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to the EOS token)")
-        self.own_copy = own_copy
-        self.model = copy.deepcopy(model) if own_copy else model
-        if own_copy:
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16)")
+            dtype = getattr(torch, dtype)
+        self.own_copy = own_copy or dtype is not None
+        self.model = copy.deepcopy(model) if self.own_copy else model
+        if self.own_copy:
             self.model.eval().requires_grad_(False)
+            if dtype is not None:
+                self.model.to(dtype)
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
         self.share_prompts = share_prompts
@@ -111,6 +121,10 @@ class HFEngine(RolloutEngine):
             with torch.no_grad():
                 self.model.load_state_dict(dict(state_dict), strict=True)
         self.version += 1
+
+    def computes_like(self, model: torch.nn.Module) -> bool:
+        """The same transformers forward as the trainer's: True when the parameter dtypes agree."""
+        return next(self.model.parameters()).dtype == next(model.parameters()).dtype
 
     # ------------------------------------------------------------------------------ sampling
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
