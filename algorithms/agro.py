@@ -42,7 +42,8 @@ class AGRO(Algorithm):
 
     On-policy its expected gradient is grad J(pi); under any mu it is -(n-1)/n grad Var_mu[Delta] /
     (2 beta) (mean baseline), zero exactly at pi* = pi_ref exp(r / beta) / Z, where Delta is constant
-    ("generation consistency").
+    ("generation consistency"). KL direction: beta * ell is the per-sample k1 estimate of
+    KL(pi || pi_ref), the objective's; AGRO evaluates it on whatever samples it gets.
     """
 
     Config = AGROConfig

@@ -31,7 +31,8 @@ class DRO(Algorithm):
     minimised in the policy (through ell) and in V (value head at the first completion position).
     The policy's copy is divided by beta so its gradient, -(r - V - beta ell) grad logp, has the
     scale of a policy gradient.
-    Its unique minimiser is V = beta log Z, pi = pi*; one sample per prompt suffices.
+    Its unique minimiser is V = beta log Z, pi = pi*, the optimum of E[r] - beta KL(pi || pi_ref);
+    one sample per prompt suffices.
     """
 
     Config = DROConfig

@@ -29,8 +29,9 @@ class RLOO(Algorithm):
         A_i  = R_i - mean_{j != i} R_j
         loss = - mean_i A_i * logp(y_i)
 
-    Unbiased for grad J on-policy. (Algebraically AGRO's "loo" variant; AGRO's claim is about
-    using it on any data.)
+    Unbiased for grad J = grad (E[r] - beta KL(pi || pi_ref)) on-policy: beta * ell is the k1
+    estimate of KL(pi || pi_ref). (Algebraically AGRO's "loo" variant; AGRO's claim is about using
+    it on any data.)
     """
 
     Config = RLOOConfig
