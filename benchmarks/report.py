@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmarks import stats
+from benchmarks.stats import UNSET, t_interval
 from benchmarks.store import ResultStore
 from rlft import cli
 from rlft.errors import UsageError
@@ -92,22 +94,9 @@ def tabular_plot(curves: pd.DataFrame, path: Path) -> None:
 
 # ------------------------------------------------------------------------------- LM sweeps
 #: Leading summary.csv columns of an LM sweep (after algo, offpolicy, seed and the grid keys).
-LM_COLUMNS = ["status", "error", "final_accuracy", "final_greedy_accuracy", "final_kl_ref", "final_reward",
-              "final_reward_onpolicy", "tokens_per_s", "initial_accuracy", "steps_done", "seconds"]
-
-
-def t_interval(values: Sequence[float], level: float = 0.95,
-               bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
-    """Student-t confidence interval of the mean of ``values`` (the mean itself for one value),
-    clipped to ``bounds``, the range the quantity can take (an accuracy's is [0, 1])."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return max(mean - half, bounds[0]), min(mean + half, bounds[1])
+LM_COLUMNS = ["status", "error", "initial_accuracy", "final_accuracy", "final_greedy_accuracy", "final_kl_ref",
+              "final_objective", "optimal_objective", "final_objective_gap", "objective_beta", "initial_objective",
+              "canonical_share", "final_reward", "final_reward_onpolicy", "tokens_per_s", "steps_done", "seconds"]
 
 
 def accuracy_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -115,13 +104,13 @@ def accuracy_interval(values: Sequence[float]) -> tuple[float, float]:
     return t_interval(values, bounds=(0.0, 1.0))
 
 
-def mean_interval_text(values: Sequence[float]) -> str:
-    """``"0.412 [0.380, 0.444] (n=3)"`` (an accuracy: the interval is clipped to [0, 1]);
+def mean_interval_text(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)) -> str:
+    """``"0.412 [0.380, 0.444] (n=3)"`` (by default an accuracy: the interval is clipped to [0, 1]);
     ``"0.412 (n=1)"`` for one seed; ``"-"`` for none."""
     x = [float(v) for v in values if v is not None and not pd.isna(v)]
     if not x:
         return "-"
-    low, high = accuracy_interval(x)
+    low, high = t_interval(x, bounds=bounds)
     mean = sum(x) / len(x)
     return f"{mean:.3f} (n=1)" if len(x) == 1 else f"{mean:.3f} [{low:.3f}, {high:.3f}] (n={len(x)})"
 
@@ -129,7 +118,7 @@ def mean_interval_text(values: Sequence[float]) -> str:
 def grid_label(value: Any) -> str:
     """A grid value as shown in tables and facet titles; ``-`` where the key does not apply."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return UNSET
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -154,57 +143,152 @@ def _mean(values: pd.Series, digits: int) -> str:
     return f"{values.mean():.{digits}f}" if len(values) else "-"
 
 
-def lm_table(summary: pd.DataFrame, manifest: dict[str, Any]) -> str:
-    """Markdown: final test accuracy per algo [x grid] x off-policy share (mean, 95 % t-interval
-    over seeds), then one row per algo [x grid] x off-policy share with reward, KL and throughput."""
-    grid = list(manifest.get("grid", []))
-    s = manifest.get("settings", {})
+def compare_to(manifest: dict[str, Any], summary: pd.DataFrame) -> str:
+    """The sweep's reference algorithm: ``--compare-to``, else the first of ``--algos`` in the sweep."""
+    args = manifest.get("args", {})
+    algos = [a.strip() for a in str(args.get("algos", "")).split(",") if a.strip()]
+    present = list(summary["algo"].unique())
+    for name in [args.get("compare_to") or "", *algos, *sorted(present)]:
+        if name in present:
+            return name
+    return ""
+
+
+def _labelled(summary: pd.DataFrame, grid: Sequence[str]) -> pd.DataFrame:
     frame = summary.copy()
     for key in grid:
         frame[key] = frame[key].map(grid_label)
+    return frame
+
+
+def _points(frame: pd.DataFrame, grid: Sequence[str]) -> list[tuple]:
+    return sorted({tuple(row) for row in frame[["algo", *grid]].itertuples(index=False)},
+                  key=lambda point: tuple(_sort_key(str(v)) for v in point))
+
+
+def _rows_of(data: pd.DataFrame, header: Sequence[str], point: tuple, p: float) -> pd.DataFrame:
+    mask = data["offpolicy"] == p
+    for key, value in zip(header, point):
+        mask &= data[key] == value
+    return data[mask]
+
+
+def _share_table(frame: pd.DataFrame, grid: Sequence[str], value: str, bounds: tuple[float, float]) -> list[str]:
+    """Markdown rows: mean [95 % t-interval] of ``value`` per algo [x grid] x off-policy share."""
     ok = frame[frame["status"] == "ok"]
     offpolicies = sorted(frame["offpolicy"].unique())
-    points = sorted({tuple(row) for row in frame[["algo", *grid]].itertuples(index=False)},
-                    key=lambda point: tuple(_sort_key(str(v)) for v in point))
-    window = max(1, math.ceil(int(s.get("steps", 4)) / 4))
-    lines = [f"LM sweep: {s.get('model')} on {s.get('dataset')}, {s.get('steps')} steps of {s.get('groups')} "
-             f"prompts x {s.get('group_size')} samples, off-policy data from `{s.get('behavior')}`.", "",
-             f"Final test accuracy (mean accuracy of {s.get('eval_samples')} sampled completions on "
-             f"{s.get('eval_problems')} test problems at the last step): mean [95 % t-interval over seeds, "
-             "clipped to [0, 1]].", ""]
     header = ["algo", *grid]
-    lines.append("| " + " | ".join(header + [f"offpolicy {p:g}" for p in offpolicies]) + " |")
-    lines.append("|---" * (len(header) + len(offpolicies)) + "|")
-
-    def rows_of(data: pd.DataFrame, point: tuple, p: float) -> pd.DataFrame:
-        mask = data["offpolicy"] == p
-        for key, value in zip(header, point):
-            mask &= data[key] == value
-        return data[mask]
-
-    for point in points:
+    lines = ["| " + " | ".join(header + [f"offpolicy {p:g}" for p in offpolicies]) + " |",
+             "|---" * (len(header) + len(offpolicies)) + "|"]
+    for point in _points(frame, grid):
         cells = []
         for p in offpolicies:
-            failed = int((rows_of(frame, point, p)["status"] != "ok").sum())
-            text = mean_interval_text(rows_of(ok, point, p)["final_accuracy"])
+            failed = int((_rows_of(frame, header, point, p)["status"] != "ok").sum())
+            text = mean_interval_text(_rows_of(ok, header, point, p)[value], bounds)
             cells.append(text + (f" ({failed} failed)" if failed else ""))
         lines.append("| " + " | ".join(list(point) + cells) + " |")
+    return lines
+
+
+def _difference_table(differences: Sequence[stats.Difference], grid: Sequence[str]) -> list[str]:
+    """Markdown rows: one per compared algo [x grid], a column per off-policy share."""
+    offpolicies = sorted({d.offpolicy for d in differences})
+    rows: dict[tuple, dict[float, stats.Difference]] = {}
+    for d in differences:
+        rows.setdefault((d.a, *d.point), {})[d.offpolicy] = d
+    header = ["algo", *grid, "compared"]
+    lines = ["| " + " | ".join(header + [f"offpolicy {p:g}" for p in offpolicies]) + " |",
+             "|---" * (len(header) + len(offpolicies)) + "|"]
+    for (a, *point), by_share in sorted(rows.items(), key=lambda item: tuple(_sort_key(str(v)) for v in item[0][1:])):
+        b = next(iter(by_share.values())).b
+        lines.append("| " + " | ".join([*point, f"{a} - {b}"] + [by_share[p].text() if p in by_share else "-"
+                                                                  for p in offpolicies]) + " |")
+    return lines
+
+
+def headline(frame: pd.DataFrame, grid: Sequence[str], reference: str) -> list[str]:
+    """The sweep's answer in a few lines: the best on-policy gain, and the resolved paired differences."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return ["No cell finished."]
+    share = min(ok["offpolicy"])
+    gains = stats.gains(ok, grid, share)
+    lines = []
+    if gains:
+        best = max(gains, key=lambda d: d.mean)
+        where = ", ".join(f"{k}={v}" for k, v in zip(grid, best.point[1:]) if v != UNSET)
+        lines.append(f"- Best gain in test accuracy at offpolicy {share:g}: {best.point[0]}"
+                     f"{f' ({where})' if where else ''} {best.text()} (final - initial test accuracy, paired by seed).")
+    resolved = [d for d in stats.versus_algorithm(ok, "final_accuracy", reference, grid)
+                + stats.versus_share(ok, "final_accuracy", grid) if d.resolved]
+    if resolved:
+        lines.append(f"- Paired differences in final test accuracy whose 95 % interval excludes 0 ({len(resolved)}):")
+        for d in resolved:
+            what = (f"{d.point[0]} - {d.b} at offpolicy {d.offpolicy:g}" if d.a == d.point[0]
+                    else f"{d.point[0]}: {d.a} - {d.b}")
+            extra = ", ".join(f"{k}={v}" for k, v in zip(grid, d.point[1:]) if v != UNSET)
+            lines.append(f"  - {what}{f' ({extra})' if extra else ''}: {d.text()}")
+    else:
+        lines.append("- No paired difference in final test accuracy has a 95 % interval that excludes 0.")
+    return lines
+
+
+def lm_table(summary: pd.DataFrame, manifest: dict[str, Any]) -> str:
+    """Markdown: the headline; final test accuracy and objective gap per algo [x grid] x off-policy
+    share (mean, 95 % t-interval over seeds); paired differences against the reference algorithm
+    and against the smallest share; then one row per cell group with the other metrics."""
+    grid = list(manifest.get("grid", []))
+    s = manifest.get("settings", {})
+    frame = _labelled(summary, grid)
+    ok = frame[frame["status"] == "ok"]
+    offpolicies = sorted(frame["offpolicy"].unique())
+    reference = compare_to(manifest, frame)
+    window = max(1, math.ceil(int(s.get("steps", 4)) / 4))
+    lines = [f"LM sweep: {s.get('model')} on {s.get('dataset')}, {s.get('steps')} steps of {s.get('groups')} "
+             f"prompts x {s.get('group_size')} samples (lr {s.get('lr')}), off-policy data from "
+             f"`{s.get('behavior')}`. Every cell is evaluated on the same {s.get('eval_problems')} test problems x "
+             f"{s.get('eval_samples')} sampled completions; cells with the same seed share their data order, "
+             "so differences are paired by seed. Intervals: 95 % Student-t over seeds; **bold**: a paired "
+             "difference whose interval excludes 0.", ""]
+    lines += headline(frame, grid, reference) + [""]
+    lines += ["Final test accuracy (mean accuracy of the sampled completions at the last step), clipped to [0, 1]:",
+              ""]
+    lines += _share_table(frame, grid, "final_accuracy", (0.0, 1.0))
+    if "final_objective_gap" in frame and frame["final_objective_gap"].notna().any():
+        lines += ["", "Final objective gap (J* - J(pi)) / (J* - J(pi_ref)) = KL(pi || pi*) / KL(pi_ref || pi*): "
+                  "1 at pi_ref, 0 at the optimum pi* (lower is better; J = E[r] - beta KL(pi || pi_ref) at the "
+                  "cell's objective_beta):", ""]
+        lines += _share_table(frame, grid, "final_objective_gap", (-math.inf, math.inf))
+    versus = stats.versus_algorithm(ok, "final_accuracy", reference, grid) if reference else []
+    if versus:
+        lines += ["", f"Paired difference in final test accuracy against {reference} (same seed, same share):", ""]
+        lines += _difference_table(versus, grid)
+    shares = stats.versus_share(ok, "final_accuracy", grid)
+    if shares:
+        lines += ["", f"Paired difference in final test accuracy against offpolicy {offpolicies[0]:g} "
+                  "(same algorithm, same seed):", ""]
+        lines += _difference_table(shares, grid)
 
     lines += ["", f"Means over seeds. Test accuracy: sampled, at step 0 -> last step; greedy: the same at "
-              f"temperature 0; reward: training reward over the last {window} steps (all groups; "
-              "off-policy groups included); KL: KL(pi || pi_ref) on test samples at the last step.", ""]
-    detail = ["algo", *grid, "offpolicy", "seeds ok", "test accuracy", "greedy accuracy", "reward",
-              "KL to pi_ref", "tokens/s", "failed"]
+              f"temperature 0; J: the objective at the last step, J*: its optimum; reward: training reward over "
+              f"the last {window} steps (all groups; off-policy groups included); KL: KL(pi || pi_ref) on test "
+              "samples at the last step.", ""]
+    detail = ["algo", *grid, "offpolicy", "seeds ok", "test accuracy", "greedy accuracy", "J", "J*", "gap",
+              "reward", "KL to pi_ref", "tokens/s", "failed"]
     lines.append("| " + " | ".join(detail) + " |")
     lines.append("|---" * len(detail) + "|")
-    for point in points:
+    header = ["algo", *grid]
+    for point in _points(frame, grid):
         for p in offpolicies:
-            every, good = rows_of(frame, point, p), rows_of(ok, point, p)
+            every, good = _rows_of(frame, header, point, p), _rows_of(ok, header, point, p)
             if every.empty:
                 continue
             accuracy = f"{_mean(good['initial_accuracy'], 3)} -> {_mean(good['final_accuracy'], 3)}"
             lines.append("| " + " | ".join(list(point) + [
                 f"{p:g}", str(len(good)), accuracy, _mean(good["final_greedy_accuracy"], 3),
+                _mean(good.get("final_objective", pd.Series(dtype=float)), 3),
+                _mean(good.get("optimal_objective", pd.Series(dtype=float)), 3),
+                _mean(good.get("final_objective_gap", pd.Series(dtype=float)), 3),
                 _mean(good["final_reward"], 3), _mean(good["final_kl_ref"], 4), _mean(good["tokens_per_s"], 0),
                 str(len(every) - len(good))]) + " |")
     failures = frame[frame["status"] != "ok"]
@@ -273,7 +357,48 @@ def lm_plots(summary: pd.DataFrame, curves: pd.DataFrame, grid: Sequence[str], r
         g.savefig(root / "final_accuracy.png", dpi=100, bbox_inches="tight")
         plt.close(g.figure)
         paths.append(root / "final_accuracy.png")
+    if len(final) and "final_objective_gap" in final and final["final_objective_gap"].notna().any():
+        data = _with_facet(final, grid)
+        g = sns.relplot(data=data, x="offpolicy", y="final_objective_gap", hue="algo", col="grid" if grid else None,
+                        col_order=_facet_order(data) if grid else None, col_wrap=3 if grid else None,
+                        kind="line", marker="o", errorbar=t_interval, height=3.4, aspect=1.15)
+        g.set_titles("{col_name}" if grid else "")
+        g.set_axis_labels("off-policy share of each batch", "(J* - J) / (J* - J(pi_ref))")
+        g.figure.suptitle("Final objective gap (1: pi_ref, 0: optimum): mean and 95 % t-interval over seeds", y=1.03)
+        g.savefig(root / "objective_gap.png", dpi=100, bbox_inches="tight")
+        plt.close(g.figure)
+        paths.append(root / "objective_gap.png")
     return paths
+
+
+def paired_plot(differences: Sequence[stats.Difference], reference: str, path: Path) -> Path:
+    """paired_difference.png: final accuracy minus the reference algorithm's, per seed, against the
+    off-policy share: mean and 95 % t-interval; filled markers where the interval excludes 0."""
+    plt, _ = _plotting()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    lines: dict[tuple, list[stats.Difference]] = {}
+    for d in differences:
+        lines.setdefault(d.point, []).append(d)
+    width = 0.02 * max(1, len(lines))
+    for i, (point, ds) in enumerate(sorted(lines.items(), key=lambda item: str(item[0]))):
+        ds = sorted(ds, key=lambda d: d.offpolicy)
+        shift = (i - (len(lines) - 1) / 2) * width / max(1, len(lines))
+        x = [d.offpolicy + shift for d in ds]
+        y = [d.mean for d in ds]
+        err = [[d.mean - d.interval[0] for d in ds], [d.interval[1] - d.mean for d in ds]]
+        label = " ".join(str(v) for v in point if v != UNSET)
+        bar = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, mfc="none")
+        ax.scatter([xi for xi, d in zip(x, ds) if d.resolved], [d.mean for d in ds if d.resolved],
+                   color=bar[0].get_color(), zorder=3)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("off-policy share of each batch")
+    ax.set_ylabel(f"final accuracy - {reference}'s")
+    ax.set_title(f"Paired by seed against {reference}: mean, 95 % t-interval\n(filled: the interval excludes 0)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------------------------- build
@@ -302,7 +427,13 @@ def build(store: ResultStore) -> list[Path]:
     else:
         store.write_text("table.md", lm_table(summary, manifest))
         ok_cells = set(summary.loc[summary["status"] == "ok", "cell"])
-        paths += lm_plots(summary, store.curves(ok_cells), manifest.get("grid", []), store.root)
+        grid = manifest.get("grid", [])
+        paths += lm_plots(summary, store.curves(ok_cells), grid, store.root)
+        frame = _labelled(summary, grid)
+        reference = compare_to(manifest, frame)
+        versus = stats.versus_algorithm(frame[frame["status"] == "ok"], "final_accuracy", reference, grid)
+        if versus:
+            paths.append(paired_plot(versus, reference, store.root / "paired_difference.png"))
     return paths
 
 

@@ -37,6 +37,8 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,23 +49,30 @@ from tqdm import tqdm
 import algorithms
 from algorithms.base import coerce_overrides
 from benchmarks import report
+from benchmarks.parallel import PinnedPool, usable_cores
 from benchmarks.store import ResultStore, cell_name
 from rlft import cli
 from rlft.data import load
 from rlft.engines import resolve_engine
 from rlft.errors import UsageError
 from rlft.models import load_model
+from rlft.objective import objective_gap
 from rlft.sources import DatasetSource
 from rlft.train import literal, parse_hp
-from rlft.trainer import TrainConfig, Trainer, parse_behavior
+from rlft.trainer import SMALL_MODEL_PARAMS, TrainConfig, Trainer, parse_behavior
 
 KIND = "lm"
-#: Defaults that differ from TrainConfig's, sized so that the README command
-#: (2 algorithms x 3 off-policy shares x 2 seeds) takes under 10 minutes on 2 CPU cores.
-SWEEP_DEFAULTS = dict(steps=16, eval_every=8, eval_problems=100, eval_samples=4, save_every=4)
+#: Defaults that differ from TrainConfig's, chosen by measurement (README, "Choosing the default
+#: benchmark"): the tiny preset on + and - problems (pi_ref samples 45 % right; it cannot multiply),
+#: Adam lr 3e-4, 30 steps of 16 prompts x 8 samples, every run evaluated on the same 500 test
+#: problems x 8 samples. The README command (2 algorithms x 3 shares x 3 seeds) then gains over
+#: 8 points on-policy in about 5 minutes on 2 cores. --eval-every defaults to 0: step 0 and the last step only.
+SWEEP_DEFAULTS = dict(dataset="arith:ops=+-", steps=30, lr=3e-4, eval_problems=500, eval_samples=8,
+                      save_every=10)
+DEFAULT_SEEDS = "0,1,2"
 #: TrainConfig fields that --grid cannot sweep: the cell axes, sweep-level choices, bookkeeping.
 NOT_GRIDDABLE = ("algo", "algo_args", "offpolicy", "seed", "out", "model", "dataset", "engine", "engine_args",
-                 "report_to")
+                 "report_to", "initial_eval", "objective_beta")
 
 
 @dataclass(frozen=True)
@@ -105,8 +114,18 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--offpolicy", default="0,0.5,1",
                    help="comma list of off-policy shares in [0, 1]: the share of each batch's groups taken "
                         "from the --behavior source (default 0,0.5,1)")
-    p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1); the table's 95 %% "
-                   "interval is a t-interval over them")
+    p.add_argument("--seeds", default=DEFAULT_SEEDS,
+                   help=f"comma list of seeds (default {DEFAULT_SEEDS}); the table's 95 %% intervals are t-intervals "
+                        "over them, and runs with the same seed share their data order (paired comparisons)")
+    p.add_argument("--compare-to", default="",
+                   help="the algorithm the others are compared with, seed by seed (default: the first of --algos)")
+    p.add_argument("--objective-beta", type=float, default=0.05,
+                   help="beta of the reported objective J = E[r] - beta KL(pi || pi_ref) and its optimum J* "
+                        "(default 0.05; a --grid beta=... sets it per cell to the cell's beta)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="cells trained at once, each in its own process pinned to its share of the CPU cores "
+                        "(default 0: fill the machine, one core per cell for models under 20M parameters such as "
+                        "the tiny preset, else 1)")
     p.add_argument("--preset", "--model", dest="model", default=d.model,
                    help="model preset (tiny, smollm2-135m), local folder or hub name (default tiny)")
     p.add_argument("--dataset", default=d.dataset,
@@ -120,8 +139,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--group-size", type=int, default=d.group_size,
                    help=f"samples per prompt (default {d.group_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    p.add_argument("--eval-every", type=int, default=d.eval_every,
-                   help=f"steps between test evaluations; also at step 0 and the last step (default {d.eval_every})")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="steps between test evaluations; also at step 0 and the last step (default 0: only those two)")
     p.add_argument("--eval-problems", type=int, default=d.eval_problems,
                    help=f"test problems per evaluation (default {d.eval_problems})")
     p.add_argument("--eval-samples", type=int, default=d.eval_samples,
@@ -156,7 +175,8 @@ def base_settings(args) -> dict[str, Any]:
     """The TrainConfig fields every cell shares before grid values (saved in sweep.json)."""
     settings = dataclasses.asdict(TrainConfig(**SWEEP_DEFAULTS))
     settings.update(model=args.model, dataset=args.dataset, behavior=args.behavior, steps=args.steps,
-                    groups=args.groups, group_size=args.group_size, lr=args.lr, eval_every=args.eval_every,
+                    groups=args.groups, group_size=args.group_size, lr=args.lr,
+                    eval_every=args.eval_every or args.steps,
                     eval_problems=args.eval_problems, eval_samples=args.eval_samples,
                     save_every=args.save_every, engine=args.engine, threads=args.threads,
                     engine_args={k: literal(v) for k, v in parse_hp(args.engine_arg, "--engine-arg").items()})
@@ -171,7 +191,7 @@ def base_settings(args) -> dict[str, Any]:
 def sweep_settings(args) -> dict[str, Any]:
     """What a sweep directory's cells share (sweep.json): the cell settings and the process count,
     which changes the sampling seeds (each process draws its own samples)."""
-    return {**base_settings(args), "processes": args.processes}
+    return {**base_settings(args), "processes": args.processes, "objective_beta": args.objective_beta}
 
 
 def parse_grid(items: Sequence[str], algos: Sequence[str]) -> list[GridKey]:
@@ -246,8 +266,11 @@ def build_cells(args, grid: Sequence[GridKey], root: Path) -> list[Cell]:
                             **{k.name: v for k, v in zip(axes, point)}}
                     train = {k.field: v for k, v in zip(axes, point) if k.train}
                     algo_args = {k.field: v for k, v in zip(axes, point) if not k.train}
+                    beta = next((v for k, v in zip(axes, point) if k.field == "beta" and not k.train),
+                                args.objective_beta)  # J is reported at the cell's own beta
                     config = TrainConfig(**{**base, **train}, algo=algo, algo_args=algo_args, offpolicy=offpolicy,
-                                         seed=seed, out=str(root / "runs" / cell_name(keys)))
+                                         seed=seed, out=str(root / "runs" / cell_name(keys)),
+                                         objective_beta=float(beta), initial_eval=str(root / "initial_eval"))
                     algorithm = algorithms.make(algo, **algo_args)
                     algorithm.check_group_size(config.group_size)
                     cells.append(Cell(keys, config, dataclasses.asdict(algorithm.config)))
@@ -274,6 +297,8 @@ def default_out(args, grid: Sequence[GridKey]) -> Path:
     defaults, mine = sweep_settings(parse_args([])), sweep_settings(args)
     parts = ["sweep"]
     for name, value in mine.items():
+        if name == "eval_every" and not args.eval_every:
+            continue  # the default, "the last step", whatever --steps is
         if value != defaults[name]:
             text = ("_".join(f"{k}{v}" for k, v in value.items()) if isinstance(value, dict)
                     else "_".join(Path(part).name or part for part in str(value).split(":")))
@@ -325,8 +350,17 @@ def final_metrics(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         return sum(values) / len(values) if values else None
 
     last = evals[-1] if evals else {}
+    first = evals[0] if evals and evals[0]["step"] == 0 else {}
+    optimum, reference, final = (first.get("eval_optimal_objective"), first.get("eval_objective"),
+                                 last.get("eval_objective"))
+    gap = objective_gap(final, optimum, reference) if None not in (optimum, reference, final) else None
     return {
-        "initial_accuracy": evals[0]["eval_accuracy"] if evals and evals[0]["step"] == 0 else None,
+        "initial_accuracy": first.get("eval_accuracy"),
+        "final_objective": final,
+        "optimal_objective": optimum,
+        "initial_objective": reference,
+        "final_objective_gap": None if gap is None or math.isnan(gap) else gap,
+        "canonical_share": first.get("eval_canonical_share"),
         "final_accuracy": last.get("eval_accuracy"),
         "final_greedy_accuracy": last.get("eval_greedy_accuracy"),
         "final_kl_ref": last.get("eval_kl_ref"),
@@ -394,10 +428,60 @@ def run_cell(store: ResultStore, cell: Cell, keep_checkpoint: bool = False, proc
                   steps_done=steps_done, resumed_from_step=resumed_from)
     if status == "ok":
         record.update(final_metrics(metrics, config.steps))
+    record["objective_beta"] = config.objective_beta
     store.save(cell.name, record, pd.DataFrame(metrics) if metrics else None)
     if status == "ok" and not keep_checkpoint:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return record
+
+
+def run_cell_in_worker(root: str, cell: Cell, keep_checkpoint: bool) -> dict[str, Any]:
+    """:func:`run_cell` in a :class:`~benchmarks.parallel.PinnedPool` worker."""
+    return run_cell(ResultStore(root), cell, keep_checkpoint)
+
+
+def resolve_jobs(args, model) -> int:
+    """``--jobs``, or for 0 the machine's fill: one cell per core for models under
+    :data:`~rlft.trainer.SMALL_MODEL_PARAMS` (one thread each; ``--threads T``: cores // T), else 1."""
+    cores = len(usable_cores())
+    if args.jobs:
+        return args.jobs
+    if args.processes > 1:
+        return 1
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+    threads = args.threads or (1 if small else cores)
+    return max(1, cores // threads)
+
+
+def run_here(store: ResultStore, todo: Sequence[Cell], args) -> None:
+    """Train the cells one after another in this process."""
+    bar = tqdm(todo, desc="cells", unit="cell")
+    for cell in bar:
+        bar.set_postfix_str(cell.name)
+        record = run_cell(store, cell, args.keep_checkpoints, args.processes)
+        if record["status"] != "ok":
+            tqdm.write(f"cell {cell.name} failed: {record['error']}")
+
+
+def run_pooled(store: ResultStore, todo: Sequence[Cell], args, jobs: int) -> None:
+    """Train the cells ``jobs`` at a time, each worker pinned to its share of the cores."""
+    print(f"training {jobs} cells at a time, each on {len(usable_cores()) // jobs} core(s)", flush=True)
+    with PinnedPool(jobs) as pool, tqdm(total=len(todo), desc="cells", unit="cell") as bar:
+        futures = {pool.submit(run_cell_in_worker, str(store.root), cell, args.keep_checkpoints): cell
+                   for cell in todo}
+        try:
+            for future in as_completed(futures):
+                record = future.result()
+                bar.update()
+                bar.set_postfix_str(futures[future].name)
+                if record["status"] != "ok":
+                    tqdm.write(f"cell {record['cell']} failed: {record['error']}")
+        except BrokenProcessPool:
+            raise RuntimeError("a worker process died (out of memory?); finished cells are kept: rerun the same "
+                               "command to resume, with fewer --jobs if it recurs") from None
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 # ---------------------------------------------------------------------------------- main
@@ -413,6 +497,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     resolve_engine(args.engine)
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    if args.jobs < 0:
+        raise UsageError(f"--jobs must be >= 0 (0: fill the machine), got {args.jobs}")
+    if args.jobs > len(usable_cores()):
+        raise UsageError(f"--jobs {args.jobs} is more than the {len(usable_cores())} usable CPU cores")
+    if args.processes > 1 and args.jobs > 1:
+        raise UsageError("--jobs > 1 and --processes > 1 do not combine; run the cells one at a time (--jobs 1)")
+    if args.compare_to and args.compare_to not in algos:
+        raise UsageError(f"--compare-to {args.compare_to!r} is not one of --algos ({', '.join(algos)})")
     if args.processes < 1 or args.groups % args.processes:
         raise UsageError(f"--processes {args.processes}: need N >= 1 dividing --groups ({args.groups}); "
                          "each process takes whole groups")
@@ -423,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     store = ResultStore(root)
     settings = sweep_settings(args)
     check_manifest(store, settings, grid)
-    load_model(args.model)  # an unknown model fails here; the tiny preset is built and cached once
+    model, _ = load_model(args.model)  # an unknown model fails here
     store.write_text("sweep.json", report.sweep_manifest(KIND, vars(args), settings=settings,
                                                          grid=[k.name for k in grid]))
 
@@ -434,15 +526,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     todo = [c for c in cells if pending(c)]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done in {root}", flush=True)
-    bar = tqdm(todo, desc="cells", unit="cell")
+    jobs = min(resolve_jobs(args, model), max(1, len(todo)))
     try:
-        for cell in bar:
-            bar.set_postfix_str(cell.name)
-            record = run_cell(store, cell, args.keep_checkpoints, args.processes)
-            if record["status"] != "ok":
-                tqdm.write(f"cell {cell.name} failed: {record['error']}")
+        if jobs == 1:
+            run_here(store, todo, args)
+        else:
+            run_pooled(store, todo, args, jobs)
     except KeyboardInterrupt:
-        bar.close()
         print(f"interrupted: finished cells are kept in {root}; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(130) from None
     paths = report.build(store)

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from rlft import cli
 from rlft.errors import UsageError
+from rlft.objective import objective_gap
 from rlft.trainer import TrainConfig, Trainer
 
 
@@ -95,6 +96,12 @@ def build_parser() -> cli.ArgumentParser:
                    help="upper end of the accepted ratio band (default 3)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
+    p.add_argument("--objective-beta", type=float, default=d.objective_beta,
+                   help="beta of the objective J = E[r] - beta KL(pi || pi_ref) reported at each evaluation "
+                        "(default 0.05)")
+    p.add_argument("--initial-eval", default=d.initial_eval, metavar="DIR",
+                   help="a folder where the step-0 evaluation of pi_ref is kept and reused by runs with the same "
+                        "evaluation settings (default: none, evaluate every time)")
     p.add_argument("--report-to", default=d.report_to, choices=["none", "tensorboard", "wandb"],
                    help="also send metrics to an accelerate tracker")
     p.add_argument("--out", default=d.out, help="run directory (default runs/train)")
@@ -151,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"test accuracy {first['eval_accuracy']:.3f} -> {last['eval_accuracy']:.3f} "
               f"(greedy {first['eval_greedy_accuracy']:.3f} -> {last['eval_greedy_accuracy']:.3f}), "
               f"KL to pi_ref {last['eval_kl_ref']:.3f}; metrics in {trainer.out / 'metrics.jsonl'}")
+        if "eval_optimal_objective" in first:
+            optimum = first["eval_optimal_objective"]
+            gap = objective_gap(last["eval_objective"], optimum, first["eval_objective"])
+            print(f"objective J = E[r] - {trainer.config.objective_beta:g} KL: {first['eval_objective']:.3f} -> "
+                  f"{last['eval_objective']:.3f}, optimum J* {optimum:.3f}, normalised gap 1 -> {gap:.3f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -46,9 +47,11 @@ from rlft.distributed import all_sum, all_true
 from rlft.engines import ENGINES, resolve_engine
 from rlft.engines.base import SamplingParams
 from rlft.errors import NonFiniteLoss, UsageError
+from rlft.evaluation import CHUNK_ROWS, EvalSums, evaluate_policy
 from rlft.models import load_model
 from rlft.policy import PolicyWithValue, load_policy, save_policy, score_batch
 from rlft import rollout_correction
+from rlft.objective import log_partition, objective
 from rlft.rewards import Grader
 from rlft.sources import DatasetSource, EngineSource, Mixer, RefPoolSource, StaleSource, stable_seed
 
@@ -95,6 +98,9 @@ class TrainConfig:
     rollout_correction: str = "sequence_mask"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
     rollout_correction_min: float = 0.0  # the band [min, max] of accepted pi_old / mu ratios
     rollout_correction_max: float = 3.0
+    # the objective J(pi) = E[r] - objective_beta * KL(pi || pi_ref) reported at each evaluation (rlft/objective.py)
+    objective_beta: float = 0.05
+    initial_eval: str = ""  # a folder sharing the step-0 evaluation of pi_ref between runs (a sweep's cells)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offpolicy <= 1.0:
@@ -119,6 +125,8 @@ class TrainConfig:
         if not 0.0 <= self.rollout_correction_min < self.rollout_correction_max:
             raise UsageError(f"need 0 <= rollout_correction_min < rollout_correction_max, got "
                              f"{self.rollout_correction_min:g} and {self.rollout_correction_max:g}")
+        if not (math.isfinite(self.objective_beta) and self.objective_beta > 0):
+            raise UsageError(f"objective_beta must be a finite number > 0, got {self.objective_beta}")
         if self.dtype not in ("float32", "bfloat16", "float64"):
             raise UsageError(f"dtype must be float32, bfloat16 or float64 (for numerical checks), got {self.dtype!r}")
 
@@ -331,36 +339,65 @@ class Trainer:
         return grad_norm
 
     # -------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy accuracy, mean accuracy of sampled completions and KL(pi || pi_ref) on the test split
-        (each process takes every ``processes``-th test problem; the sums are all-reduced)."""
-        cfg = self.config
+        """Greedy and sampled test accuracy, KL(pi || pi_ref) and J(pi) at ``objective_beta``
+        (:mod:`rlft.evaluation`); at step 0, where pi is pi_ref, also J* (``eval_optimal_objective``).
+        Each process takes every ``processes``-th test problem; the sums are all-reduced."""
+        sums, masses = self._evaluate_sums(step)
+        return self._eval_metrics(sums, masses)
+
+    def _evaluate_sums(self, step: int) -> tuple[EvalSums, torch.Tensor | None]:
+        """All-reduced evaluation sums; at step 0 also this process's p(x) per test problem."""
         problems = self.test_set[self.rank::self.processes]
         tag = () if self.processes == 1 else (self.rank,)
-        prompts = [self.prompt(p.question) for p in problems]
-        golds = [p.answer for p in problems]
-        greedy = self.engine.generate(prompts, 1, dataclasses.replace(self.sampling, temperature=0.0),
-                                      seed=stable_seed(cfg.seed, "eval-greedy", step, *tag))
-        sampled = self.engine.generate(prompts, cfg.eval_samples, self.sampling,
-                                       seed=stable_seed(cfg.seed, "eval-sampled", step, *tag))
-        sampled_rewards = self.grader(sampled.texts, [g for g in golds for _ in range(cfg.eval_samples)])
-        as_batch = Batch(prompt_ids=sampled.prompt_ids, prompt_mask=sampled.prompt_mask,
-                         completion_ids=sampled.completion_ids, completion_mask=sampled.completion_mask,
-                         group_ids=torch.arange(len(sampled)), rewards=torch.tensor(sampled_rewards),
-                         behavior_logprobs=sampled.logprobs).to(self.accelerator.device)
-        ref = score_batch(self.ref_model, as_batch, temperature=cfg.temperature).logprobs
-        ell = as_batch.sequence_sum(as_batch.behavior_logprobs - ref)
-        local = [sum(self.grader(greedy.texts, golds)), len(golds), sum(sampled_rewards), len(sampled_rewards),
-                 float(ell.sum()), float(sampled.completion_mask.sum())]
-        greedy_correct, n_greedy, sampled_correct, n_sampled, ell_sum, tokens = all_sum(
-            torch.tensor(local, dtype=torch.float64, device=self.accelerator.device)).tolist()
-        return {
-            "eval_greedy_accuracy": greedy_correct / n_greedy,
-            "eval_accuracy": sampled_correct / n_sampled,
-            "eval_kl_ref": ell_sum / n_sampled,
-            "eval_completion_tokens": tokens / n_sampled,
-        }
+        local, masses = evaluate_policy(self.engine, self.ref_model, self.tokenizer, self.grader, problems,
+                                        self.prompt, self.sampling, self.config.eval_samples, (step, *tag),
+                                        self.accelerator.device, reference_mass=step == 0)
+        device = self.accelerator.device
+        total = all_sum(torch.tensor(local.as_list(), dtype=torch.float64, device=device)).tolist()
+        return EvalSums.from_list(total), masses
+
+    def _eval_metrics(self, sums: EvalSums, masses: torch.Tensor | None) -> dict[str, float]:
+        beta = self.config.objective_beta
+        metrics = sums.metrics()
+        metrics["eval_objective"] = objective(metrics["eval_accuracy"], metrics["eval_kl_ref"], beta)
+        if masses is not None:
+            log_z = all_sum(torch.tensor([float(log_partition(masses, beta).sum()), float(len(masses))],
+                                         dtype=torch.float64, device=self.accelerator.device)).tolist()
+            metrics["eval_optimal_objective"] = beta * log_z[0] / log_z[1]
+        return metrics
+
+    def initial_evaluation(self) -> dict[str, float]:
+        """The step-0 evaluation of pi_ref, read from the folder ``config.initial_eval`` when it holds
+        one made with the same evaluation settings (:meth:`evaluation_key`, which names the file),
+        else computed (and written there). A sweep shares it between its cells: pi_ref and the evaluation seeds are the same."""
+        key = self.evaluation_key()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = (Path(self.config.initial_eval) / f"{digest}.json"
+                if self.config.initial_eval and self.processes == 1 else None)
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                saved = {}
+            if saved.get("key") == key:
+                return self._eval_metrics(EvalSums(**saved["sums"]),
+                                          torch.tensor(saved["p_correct"], dtype=torch.float64))
+        sums, masses = self._evaluate_sums(0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, json.dumps({"key": key, "sums": dataclasses.asdict(sums),
+                                            "p_correct": masses.tolist()}))
+        return self._eval_metrics(sums, masses)
+
+    def evaluation_key(self) -> dict[str, Any]:
+        """Everything the step-0 evaluation depends on (pi_ref is the model's initial weights)."""
+        cfg = self.config
+        return {"model": cfg.model, "dataset": cfg.dataset, "eval_problems": cfg.eval_problems,
+                "eval_samples": cfg.eval_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                "max_new_tokens": cfg.completion_budget, "dtype": cfg.dtype, "engine": cfg.engine,
+                "engine_args": json.loads(json.dumps(cfg.engine_args, default=str)),
+                "threads": torch.get_num_threads(), "torch": torch.__version__, "chunk_rows": CHUNK_ROWS}
 
     # --------------------------------------------------------------------------- the loop
     def train(self) -> list[dict[str, Any]]:
@@ -372,7 +409,7 @@ class Trainer:
         records = []
         try:
             if self.start_step == 0:
-                records.append(self._log({"step": 0, **self.evaluate(0)}))
+                records.append(self._log({"step": 0, **self.initial_evaluation()}))
             bar = tqdm(range(self.start_step + 1, cfg.steps + 1), desc=f"{cfg.algo} p={cfg.offpolicy:g}",
                        unit="step", initial=self.start_step, total=cfg.steps, disable=not self.is_main)
             for step in bar:

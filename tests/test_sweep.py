@@ -30,7 +30,7 @@ SMALL = ["--steps", "6", "--groups", "4", "--group-size", "4", "--eval-every", "
          "--eval-samples", "2", "--save-every", "2"]
 #: 2 seeds x (agro x 2 off-policy shares x 2 betas + the NaN plug-in x 2 shares) = 12 cells.
 SWEEP = ["--algos", "agro,nan_algo:ExplodingPG", "--offpolicy", "0,1", "--seeds", "0,1",
-         "--grid", "agro.beta=0.02,0.2", *SMALL]
+         "--grid", "agro.beta=0.02,0.2", "--jobs", "1", *SMALL]
 FIRST = cell_name({"algo": "agro", "offpolicy": 0.0, "seed": 0, "agro.beta": 0.02})
 SECOND = cell_name({"algo": "agro", "offpolicy": 0.0, "seed": 0, "agro.beta": 0.2})
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -225,6 +225,10 @@ BAD_INPUT = {
     "unwritable out": (["--out", "{dir}/a-file/out"], "cannot write results to"),
     "unknown grid key": (["--grid", "nope=1"], "unknown --grid key 'nope'; valid: TrainConfig fields"),
     "processes not dividing groups": (["--processes", "3"], "--processes 3: need N >= 1 dividing --groups (16)"),
+    "negative jobs": (["--jobs", "-1"], "--jobs must be >= 0"),
+    "more jobs than cores": (["--jobs", "999"], "--jobs 999 is more than the"),
+    "unknown compare-to": (["--algos", "agro,grpo", "--compare-to", "ppo"], "--compare-to 'ppo' is not one of --algos"),
+    "objective beta nan": (["--objective-beta", "nan"], "objective_beta must be a finite number > 0, got nan"),
 }
 
 
@@ -257,3 +261,87 @@ def test_bad_input_is_one_line_and_exit_2_before_any_run(bad_input_runs, name):
     assert len(lines) == 1 and BAD_INPUT[name][1] in lines[0], stderr
     assert "Traceback" not in stderr and stdout == ""
     assert not (out / "runs").exists()  # no cell started
+
+
+# ----------------------------------------------------------------------- cells in parallel
+#: 2 algorithms x 2 shares x 1 seed, small: the same cells with --jobs 1 and --jobs 2.
+PARALLEL = ["--algos", "agro,grpo", "--offpolicy", "0,1", "--seeds", "0", *SMALL]
+TIMING = {"tokens_per_s", "rollout_seconds", "step_seconds"}
+
+
+def cell_metrics(out: Path) -> dict[str, list[dict]]:
+    return {p.name: [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+                     for line in (p / "metrics.jsonl").read_text().splitlines()]
+            for p in sorted((out / "runs").iterdir())}
+
+
+def test_two_jobs_survive_kill_9_and_give_the_one_job_metrics(tmp_path):
+    """--jobs 2 runs two pinned workers; kill -9 of the sweep takes its workers with it, the rerun
+    resumes, and every cell's per-step metrics equal those of --jobs 1 exactly."""
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "benchmarks.run", *PARALLEL, "--jobs", "1", "--out", str(one)],
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+    two = tmp_path / "two"
+    command = [sys.executable, "-m", "benchmarks.run", *PARALLEL, "--jobs", "2", "--out", str(two)]
+    with open(tmp_path / "first.log", "w") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and not list(
+                (two / "runs").glob("*/checkpoint/trainer_state.json")):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
+    time.sleep(1.0)  # a worker that outlived the sweep would still be writing
+    written = {p: p.stat().st_mtime_ns for p in two.rglob("metrics.jsonl")}
+    time.sleep(2.0)
+    assert {p: p.stat().st_mtime_ns for p in two.rglob("metrics.jsonl")} == written
+    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "training 2 cells at a time, each on 1 core(s)" in rerun.stdout
+    resumed = [r for r in ResultStore(two).records() if r["resumed_from_step"] > 0]
+    assert resumed, "no cell resumed from a checkpoint"
+    assert cell_metrics(two) == cell_metrics(one)
+    assert pd.read_csv(two / "summary.csv")["final_accuracy"].tolist() == \
+        pd.read_csv(one / "summary.csv")["final_accuracy"].tolist()
+
+
+def test_initial_evaluation_is_shared_and_the_objective_is_reported(tmp_path):
+    out = tmp_path / "sweep"
+    run.main([*PARALLEL, "--jobs", "1", "--out", str(out)])
+    shared = list((out / "initial_eval").glob("*.json"))
+    assert len(shared) == 1  # pi_ref evaluated once for the 4 cells
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["initial_accuracy"].nunique() == 1 and summary["optimal_objective"].nunique() == 1
+    for row in summary.itertuples():
+        expected = (row.optimal_objective - row.final_objective) / (row.optimal_objective - row.initial_objective)
+        assert row.final_objective_gap == pytest.approx(expected, rel=1e-12)
+        assert row.final_objective == pytest.approx(row.final_accuracy - 0.05 * row.final_kl_ref, abs=1e-12)
+        assert row.initial_objective == pytest.approx(row.initial_accuracy, abs=1e-6)  # pi = pi_ref: KL 0
+        assert row.canonical_share == 1.0 and row.objective_beta == 0.05
+    table = (out / "table.md").read_text()
+    assert "Best gain in test accuracy at offpolicy 0:" in table
+    assert "| grpo | grpo - agro |" in table and "| agro | offpolicy 1 - offpolicy 0 |" in table
+    for name in ("objective_gap.png", "paired_difference.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+
+
+def test_paired_differences_resolve_what_the_seeds_agree_on():
+    from benchmarks import stats
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.50, 0.40), (0.60, 0.52), (0.40, 0.29)]):  # a - b: 0.10, 0.08, 0.11
+        rows += [{"algo": "x", "offpolicy": 0.0, "seed": seed, "final_accuracy": a, "initial_accuracy": 0.3},
+                 {"algo": "y", "offpolicy": 0.0, "seed": seed, "final_accuracy": b, "initial_accuracy": 0.3},
+                 {"algo": "y", "offpolicy": 1.0, "seed": seed, "final_accuracy": b + (0.05, -0.05, 0.01)[seed],
+                  "initial_accuracy": 0.3}]
+    frame = pd.DataFrame(rows)
+    [d] = stats.versus_algorithm(frame, "final_accuracy", "y", [])
+    # mean 0.0967, sd 0.01528, t(0.975, 2) = 4.303: half-width 0.0380
+    assert d.values == pytest.approx((0.10, 0.08, 0.11)) and d.resolved
+    assert d.interval == pytest.approx((0.0587, 0.1346), abs=1e-4)
+    assert d.text() == "**+0.097** [+0.059, +0.135] (n=3)"
+    [share] = stats.versus_share(frame, "final_accuracy", [])
+    assert share.point == ("y",) and not share.resolved  # +0.05, -0.05, +0.01: the seeds disagree
+    [gain] = [g for g in stats.gains(frame, [], 0.0) if g.point == ("x",)]
+    assert gain.values == pytest.approx((0.2, 0.3, 0.1))

@@ -68,15 +68,16 @@ TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 TINY_CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer: one token per digit / letter / punctuation / space / newline.
+def build_char_tokenizer(chars: str = TINY_CHARS) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: one token per character of ``chars`` (by default digits, letters,
+    punctuation, space and newline; any other character is ``<unk>``).
 
     Special tokens ``<pad> <s> </s> <unk>`` (ids 0-3); ``<s>`` is prepended to every encoded text
     (``add_special_tokens=True``). No chat template.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    vocab = {token: i for i, token in enumerate(TINY_SPECIALS + list(TINY_CHARS))}
+    vocab = {token: i for i, token in enumerate(TINY_SPECIALS + list(chars))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()

@@ -1,0 +1,141 @@
+"""Test-set evaluation: accuracy, KL(pi || pi_ref), the objective J(pi) and, for pi_ref, J*'s inputs.
+
+For each test problem x: one greedy completion, K sampled completions y_k ~ pi (at the run's
+temperature) graded 0/1, and the sequence log-ratio ell(y_k) = log pi(y_k|x) - log pi_ref(y_k|x)
+(pi's log-prob is what the engine recorded when sampling, pi_ref's is scored). Then::
+
+    accuracy = mean_{x,k} r(x, y_k)          KL(pi || pi_ref) ~= mean_{x,k} ell(y_k)
+    J(pi)    = accuracy - beta * KL          (rlft/objective.py)
+
+Problems go through in chunks of about :data:`CHUNK_ROWS` rows, each with its own seed derived
+from ``seed_parts`` and the chunk index, so the numbers do not depend on how many problems there
+are after a chunk. The seeds do NOT depend on the training seed: every run of a sweep is evaluated
+with the same test problems and the same sampling noise (common random numbers), so differences
+between runs are differences between policies.
+
+With ``reference_mass`` (at step 0, when pi is pi_ref) it also returns p(x), pi_ref's probability
+of a correct completion per problem, from which J* = beta E_x log Z(x) follows for any beta
+(:func:`rlft.objective.reference_correct_mass`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from rlft.batch import Batch
+from rlft.data import Problem
+from rlft.engines.base import RolloutEngine, SamplingParams
+from rlft.objective import canonical_token_ids, completion_rows, reference_correct_mass
+from rlft.policy import score_completions
+from rlft.rewards import Grader
+from rlft.sources import stable_seed
+
+#: Rows (problems x samples) per chunk: large enough for the engine, small enough for the caches.
+CHUNK_ROWS = 256
+
+
+@dataclass
+class EvalSums:
+    """Additive totals of an evaluation (over chunks, and over processes by all-reduce)."""
+
+    greedy_correct: float = 0.0
+    problems: float = 0.0
+    sampled_correct: float = 0.0
+    samples: float = 0.0
+    log_ratio: float = 0.0  # sum of ell over samples
+    tokens: float = 0.0
+    canonical_correct: float = 0.0  # correct samples that are the canonical completion
+
+    def add(self, other: "EvalSums") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_list(self) -> list[float]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> "EvalSums":
+        return cls(*values)
+
+    def metrics(self) -> dict[str, float]:
+        """The logged evaluation metrics (before the objective, which needs beta)."""
+        return {
+            "eval_greedy_accuracy": self.greedy_correct / self.problems,
+            "eval_accuracy": self.sampled_correct / self.samples,
+            "eval_kl_ref": self.log_ratio / self.samples,
+            "eval_completion_tokens": self.tokens / self.samples,
+            "eval_canonical_share": (self.canonical_correct / self.sampled_correct if self.sampled_correct
+                                     else None),
+        }
+
+
+@torch.no_grad()
+def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grader: Grader,
+                    problems: Sequence[Problem], prompt_fn: Callable[[str], str], sampling: SamplingParams,
+                    samples: int, seed_parts: tuple, device: torch.device,
+                    reference_mass: bool = False) -> tuple[EvalSums, torch.Tensor | None]:
+    """Evaluate the engine's current policy on ``problems`` (see the module docstring).
+
+    Returns:
+        the sums, and with ``reference_mass`` the [N] float64 p(x) per problem (else None).
+    """
+    sums, masses = EvalSums(), []
+    per_chunk = max(1, CHUNK_ROWS // samples)
+    greedy = dataclasses.replace(sampling, temperature=0.0)
+    for chunk, start in enumerate(range(0, len(problems), per_chunk)):
+        part = problems[start:start + per_chunk]
+        prompts, golds = [prompt_fn(p.question) for p in part], [p.answer for p in part]
+        best = engine.generate(prompts, 1, greedy, seed=stable_seed("eval-greedy", *seed_parts, chunk))
+        drawn = engine.generate(prompts, samples, sampling, seed=stable_seed("eval-sampled", *seed_parts, chunk))
+        rewards = torch.tensor(grader(drawn.texts, [g for g in golds for _ in range(samples)]), dtype=torch.float64)
+        batch = Batch(prompt_ids=drawn.prompt_ids, prompt_mask=drawn.prompt_mask,
+                      completion_ids=drawn.completion_ids, completion_mask=drawn.completion_mask,
+                      group_ids=torch.arange(len(drawn)), rewards=rewards.float(),
+                      behavior_logprobs=drawn.logprobs).to(device)
+        ell = batch.sequence_sum(batch.behavior_logprobs) - _distinct_sequence_logprobs(ref_model, batch,
+                                                                                      sampling.temperature)
+        canonical = canonical_token_ids(tokenizer, golds)
+        rows = completion_rows(drawn.completion_ids, drawn.completion_mask)
+        is_canonical = torch.tensor([rows[i] == tuple(canonical[i // samples]) for i in range(len(rows))])
+        sums.add(EvalSums(greedy_correct=sum(grader(best.texts, golds)), problems=len(part),
+                          sampled_correct=float(rewards.sum()), samples=len(rewards), log_ratio=float(ell.sum()),
+                          tokens=float(drawn.completion_mask.sum()),
+                          canonical_correct=float((rewards * is_canonical.double()).sum())))
+        if reference_mass:
+            logprob = _canonical_logprob(ref_model, drawn, canonical, samples, sampling.temperature,
+                                         tokenizer.pad_token_id, device)
+            masses.append(reference_correct_mass(logprob, rewards.view(len(part), samples),
+                                                 is_canonical.view(len(part), samples)))
+    return sums, (torch.cat(masses) if reference_mass else None)
+
+
+def _distinct_sequence_logprobs(model: nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
+    """[B] log model(y | x) of every row, scoring each distinct (prompt, completion) pair once: the
+    samples of a sharpened policy repeat, and a repeat has the same log-prob."""
+    rows = torch.cat([batch.prompt_ids, batch.completion_ids.masked_fill(~batch.completion_mask.bool(), -1)], dim=1)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((distinct.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(rows.shape[0], device=rows.device), "amin")
+    logprobs = score_completions(model, batch.prompt_ids[first], batch.prompt_mask[first],
+                                 batch.completion_ids[first], batch.completion_mask[first],
+                                 temperature=temperature).logprobs
+    return logprobs.sum(dim=1)[inverse]  # logprobs are 0 on padding
+
+
+def _canonical_logprob(ref_model: nn.Module, drawn, canonical: list[list[int]], samples: int,
+                       temperature: float, pad: int, device: torch.device) -> torch.Tensor:
+    """[N] log pi_ref(c(x) | x) of each problem's canonical completion, in float64."""
+    prompt_ids, prompt_mask = drawn.prompt_ids[::samples], drawn.prompt_mask[::samples]
+    width = max(len(c) for c in canonical)
+    ids = torch.full((len(canonical), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(canonical), width), dtype=torch.bool)
+    for i, row in enumerate(canonical):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), True
+    logprobs = score_completions(ref_model, prompt_ids.to(device), prompt_mask.to(device), ids.to(device),
+                                 mask.to(device), temperature=temperature, share_prompts=False).logprobs
+    return logprobs.double().sum(dim=1).cpu()
