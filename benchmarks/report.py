@@ -219,17 +219,20 @@ def headline(frame: pd.DataFrame, grid: Sequence[str], reference: str) -> list[s
         where = ", ".join(f"{k}={v}" for k, v in zip(grid, best.point[1:]) if v != UNSET)
         lines.append(f"- Best gain in test accuracy at offpolicy {share:g}: {best.point[0]}"
                      f"{f' ({where})' if where else ''} {best.text()} (final - initial test accuracy, paired by seed).")
-    resolved = [d for d in stats.versus_algorithm(ok, "final_accuracy", reference, grid)
-                + stats.versus_share(ok, "final_accuracy", grid) if d.resolved]
-    if resolved:
-        lines.append(f"- Paired differences in final test accuracy whose 95 % interval excludes 0 ({len(resolved)}):")
+    for value, name in (("final_accuracy", "final test accuracy"), ("final_objective_gap", "final objective gap")):
+        if value not in ok or ok[value].isna().all():
+            continue
+        resolved = [d for d in stats.versus_algorithm(ok, value, reference, grid)
+                    + stats.versus_share(ok, value, grid) if d.resolved]
+        if not resolved:
+            lines.append(f"- No paired difference in {name} has a 95 % interval that excludes 0.")
+            continue
+        lines.append(f"- Paired differences in {name} whose 95 % interval excludes 0 ({len(resolved)}):")
         for d in resolved:
             what = (f"{d.point[0]} - {d.b} at offpolicy {d.offpolicy:g}" if d.a == d.point[0]
                     else f"{d.point[0]}: {d.a} - {d.b}")
             extra = ", ".join(f"{k}={v}" for k, v in zip(grid, d.point[1:]) if v != UNSET)
             lines.append(f"  - {what}{f' ({extra})' if extra else ''}: {d.text()}")
-    else:
-        lines.append("- No paired difference in final test accuracy has a 95 % interval that excludes 0.")
     return lines
 
 
@@ -268,6 +271,15 @@ def lm_table(summary: pd.DataFrame, manifest: dict[str, Any]) -> str:
         lines += ["", f"Paired difference in final test accuracy against offpolicy {offpolicies[0]:g} "
                   "(same algorithm, same seed):", ""]
         lines += _difference_table(shares, grid)
+    if "final_objective_gap" in ok and ok["final_objective_gap"].notna().any():
+        gap_versus = stats.versus_algorithm(ok, "final_objective_gap", reference, grid) if reference else []
+        gap_shares = stats.versus_share(ok, "final_objective_gap", grid)
+        if gap_versus:
+            lines += ["", f"Paired difference in the final objective gap against {reference} (lower is better):", ""]
+            lines += _difference_table(gap_versus, grid)
+        if gap_shares:
+            lines += ["", f"Paired difference in the final objective gap against offpolicy {offpolicies[0]:g}:", ""]
+            lines += _difference_table(gap_shares, grid)
 
     lines += ["", f"Means over seeds. Test accuracy: sampled, at step 0 -> last step; greedy: the same at "
               f"temperature 0; J: the objective at the last step, J*: its optimum; reward: training reward over "
