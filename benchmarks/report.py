@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from benchmarks import stats

@@ -370,7 +370,8 @@ class Trainer:
     def initial_evaluation(self) -> dict[str, float]:
         """The step-0 evaluation of pi_ref, read from the folder ``config.initial_eval`` when it holds
         one made with the same evaluation settings (:meth:`evaluation_key`, which names the file),
-        else computed (and written there). A sweep shares it between its cells: pi_ref and the evaluation seeds are the same."""
+        else computed (and written there). A sweep shares it between its cells: their pi_ref and
+        evaluation seeds are the same. One process only (with several, each evaluates its share)."""
         key = self.evaluation_key()
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = (Path(self.config.initial_eval) / f"{digest}.json"
