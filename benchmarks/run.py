@@ -4,15 +4,19 @@
     python -m benchmarks.run --algos agro,grpo --grid beta=0.05,0.5 --grid agro.baseline=mean,loo
     python -m benchmarks.report results/sweep       # rebuild the tables and plots from the files
 
-Each cell trains the model (default: the tiny preset on arith) with rlft.trainer.Trainer, in this
-process, one cell after another, in DIR/runs/<cell>/ (config.json with every setting,
-metrics.jsonl, checkpoint/). When a cell ends, its curve DIR/curves/<cell>.csv and then its record
-DIR/cells/<cell>.json are written atomically; the record marks the cell done. Rerunning the same
-command skips finished cells, and a cell that was killed resumes from its last trainer checkpoint
-(--save-every). A cell that fails (NaN loss, any exception) is recorded with status "failed" and
-its error, and the sweep goes on. At the end DIR/summary.csv, curves.csv, table.md, accuracy.png
-and final_accuracy.png are rebuilt from the cell files. Cells run seed by seed, so a partial sweep
-already covers every algorithm and off-policy share.
+Each cell trains the model (default: the tiny preset on arith:ops=+-) with rlft.trainer.Trainer,
+--jobs N cells at a time in worker processes pinned to their share of the cores (default: one
+single-thread tiny cell per core; --jobs 1: one after another in this process), in
+DIR/runs/<cell>/ (config.json with every setting, metrics.jsonl, checkpoint/). When a cell ends,
+its curve DIR/curves/<cell>.csv and then its record DIR/cells/<cell>.json are written atomically;
+the record marks the cell done. Rerunning the same command skips finished cells, and a cell that
+was killed resumes from its last trainer checkpoint (--save-every). A cell that fails (NaN loss,
+any exception) is recorded with status "failed" and its error, and the sweep goes on. At the end
+DIR/summary.csv, curves.csv, table.md and the plots are rebuilt from the cell files
+(benchmarks.report; paired statistics in benchmarks.stats). Every cell is evaluated on the same
+test problems with the same evaluation seeds, and pi_ref's step-0 evaluation is computed once and
+shared (DIR/initial_eval/). Cells run seed by seed, so a partial sweep already covers every
+algorithm and off-policy share.
 
 --grid KEY=V1,V2 (repeatable) multiplies the cells by the values of one hyper-parameter:
   * a TrainConfig field (lr, temperature, top_p, group_size, groups, max_new_tokens, behavior, ...);
