@@ -358,28 +358,29 @@ def lm_plots(summary: pd.DataFrame, curves: pd.DataFrame, grid: Sequence[str], r
         paths.append(root / "accuracy.png")
     final = summary[summary["status"] == "ok"]
     if len(final):
-        data = _with_facet(final, grid)
-        g = sns.relplot(data=data, x="offpolicy", y="final_accuracy", hue="algo", col="grid" if grid else None,
-                        col_order=_facet_order(data) if grid else None, col_wrap=3 if grid else None,
-                        kind="line", marker="o", errorbar=interval, height=3.4, aspect=1.15)
-        g.set_titles("{col_name}" if grid else "")
-        g.set_axis_labels("off-policy share of each batch", "final test accuracy (sampled)")
-        g.figure.suptitle("Final test accuracy: mean and 95 % t-interval over seeds", y=1.03)
-        g.savefig(root / "final_accuracy.png", dpi=100, bbox_inches="tight")
-        plt.close(g.figure)
-        paths.append(root / "final_accuracy.png")
+        paths.append(_final_plot(final, grid, "final_accuracy", accuracy_interval, "final test accuracy (sampled)",
+                                 "Final test accuracy", root / "final_accuracy.png"))
     if len(final) and "final_objective_gap" in final and final["final_objective_gap"].notna().any():
-        data = _with_facet(final, grid)
-        g = sns.relplot(data=data, x="offpolicy", y="final_objective_gap", hue="algo", col="grid" if grid else None,
-                        col_order=_facet_order(data) if grid else None, col_wrap=3 if grid else None,
-                        kind="line", marker="o", errorbar=t_interval, height=3.4, aspect=1.15)
-        g.set_titles("{col_name}" if grid else "")
-        g.set_axis_labels("off-policy share of each batch", "(J* - J) / (J* - J(pi_ref))")
-        g.figure.suptitle("Final objective gap (1: pi_ref, 0: optimum): mean and 95 % t-interval over seeds", y=1.03)
-        g.savefig(root / "objective_gap.png", dpi=100, bbox_inches="tight")
-        plt.close(g.figure)
-        paths.append(root / "objective_gap.png")
+        paths.append(_final_plot(final, grid, "final_objective_gap", t_interval, "(J* - J) / (J* - J(pi_ref))",
+                                 "Final objective gap (1: pi_ref, 0: optimum)", root / "objective_gap.png"))
     return paths
+
+
+def _final_plot(final: pd.DataFrame, grid: Sequence[str], value: str, interval: Callable, label: str, title: str,
+                path: Path) -> Path:
+    """``value`` of the finished cells against the off-policy share, a line per algorithm (panels:
+    grid points): mean and 95 % t-interval over seeds."""
+    plt, sns = _plotting()
+    data = _with_facet(final, grid)
+    g = sns.relplot(data=data, x="offpolicy", y=value, hue="algo", col="grid" if grid else None,
+                    col_order=_facet_order(data) if grid else None, col_wrap=3 if grid else None,
+                    kind="line", marker="o", errorbar=interval, height=3.4, aspect=1.15)
+    g.set_titles("{col_name}" if grid else "")
+    g.set_axis_labels("off-policy share of each batch", label)
+    g.figure.suptitle(f"{title}: mean and 95 % t-interval over seeds", y=1.03)
+    g.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(g.figure)
+    return path
 
 
 def paired_plot(differences: Sequence[stats.Difference], reference: str, path: Path) -> Path:

@@ -31,7 +31,7 @@ from rlft.batch import Batch
 from rlft.data import Problem
 from rlft.engines.base import RolloutEngine, SamplingParams
 from rlft.objective import canonical_token_ids, completion_rows, reference_correct_mass
-from rlft.policy import score_completions
+from rlft.policy import score_completions, shared_prompt_rows
 from rlft.rewards import Grader
 from rlft.sources import stable_seed
 
@@ -117,14 +117,16 @@ def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grad
 def _distinct_sequence_logprobs(model: nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
     """[B] log model(y | x) of every row, scoring each distinct (prompt, completion) pair once: the
     samples of a sharpened policy repeat, and a repeat has the same log-prob."""
-    rows = torch.cat([batch.prompt_ids, batch.completion_ids.masked_fill(~batch.completion_mask.bool(), -1)], dim=1)
-    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    first = torch.full((distinct.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(rows.shape[0], device=rows.device), "amin")
+    shared = shared_prompt_rows(torch.cat([batch.prompt_ids, batch.completion_ids], dim=1),
+                                torch.cat([batch.prompt_mask, batch.completion_mask], dim=1))
+    if shared is None:  # every row distinct
+        shared = torch.arange(len(batch), device=batch.prompt_ids.device), None
+    first, inverse = shared
     logprobs = score_completions(model, batch.prompt_ids[first], batch.prompt_mask[first],
                                  batch.completion_ids[first], batch.completion_mask[first],
                                  temperature=temperature).logprobs
-    return logprobs.sum(dim=1)[inverse]  # logprobs are 0 on padding
+    sums = logprobs.sum(dim=1)  # logprobs are 0 on padding
+    return sums if inverse is None else sums[inverse]
 
 
 def _canonical_logprob(ref_model: nn.Module, drawn, canonical: list[list[int]], samples: int,
