@@ -57,6 +57,16 @@ def leave_one_out_mean(values: Tensor, group_ids: Tensor) -> Tensor:
     return (group_sum(values, group_ids) - values) / (n - 1).clamp(min=1)
 
 
+def self_normalized_weights(log_weights: Tensor, group_ids: Tensor) -> Tensor:
+    """[B]: w_i = n exp(v_i) / sum_j exp(v_j) over the sample's group (mean 1 in every group).
+
+    The self-normalised importance weights of a group when ``log_weights`` are log(target / mu)
+    up to a per-group constant; computed with the group maximum subtracted, so any finite v works.
+    """
+    shifted = (log_weights - group_max(log_weights, group_ids)).exp()
+    return group_size(group_ids, log_weights.dtype) * shifted / group_sum(shifted, group_ids)
+
+
 def group_std(values: Tensor, group_ids: Tensor) -> Tensor:
     """[B]: the (unbiased, n - 1) standard deviation of the sample's group."""
     centred = values - group_mean(values, group_ids)

@@ -57,6 +57,21 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}"
 
 
+def variant_labels(frame: pd.DataFrame, grid: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each row's algo shown with its grid values (``agro shift=0.1``), for tables and
+    plots of a tabular sweep; keys that do not apply to a row (NaN) are left out."""
+    if not grid or frame.empty:
+        return frame
+
+    def label(row) -> str:
+        own = row["algo"] + "."
+        values = [f"{key.removeprefix(own)}={grid_label(row[key])}" for key in grid
+                  if key in row and not pd.isna(row[key])]
+        return " ".join([row["algo"], *values])
+
+    return frame.assign(algo=frame.apply(label, axis=1))
+
+
 def tabular_table(summary: pd.DataFrame) -> str:
     """Markdown: median [min, max] of the final normalised KL per algorithm x off-policy share."""
     lines = ["Final normalised KL(pi, pi*) / KL(pi_ref, pi*): median [min, max] over seeds "
@@ -432,9 +447,10 @@ def build(store: ResultStore) -> list[Path]:
     store.write_text("curves.csv", curves.to_csv(index=False))
     paths = [store.root / "summary.csv", store.root / "curves.csv", store.root / "table.md"]
     if kind == "tabular":
-        store.write_text("table.md", tabular_table(summary))
+        grid = manifest.get("grid", [])
+        store.write_text("table.md", tabular_table(variant_labels(summary, grid)))
         if not curves.empty:
-            tabular_plot(curves, store.root / "normalized_kl.png")
+            tabular_plot(variant_labels(curves, grid), store.root / "normalized_kl.png")
             paths.append(store.root / "normalized_kl.png")
     else:
         store.write_text("table.md", lm_table(summary, manifest))

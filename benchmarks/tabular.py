@@ -1,17 +1,23 @@
 """The tabular benchmark: Figure 1 of Tang et al. (arXiv:2503.19612) for every algorithm.
 
     python -m benchmarks.tabular --algos agro,reinforce --offpolicy 0,1 --out results/tabular
+    python -m benchmarks.tabular --algos agro --grid agro.shift=0,0.1 --grid agro.anchor=0,1
 
 Each cell (algorithm x off-policy share x seed) trains a softmax policy on a random K-armed bandit
 (rlft.tabular) and records the normalised KL(pi_t, pi*) / KL(pi_ref, pi*) every few steps. A share
 ``offpolicy`` of each batch's groups is drawn from pi_ref instead of pi. Cells are written as they
 finish and skipped when the command is rerun; the tables and plot are rebuilt at the end (and by
 ``python -m benchmarks.report DIR``).
+
+--grid KEY=V1,V2 (repeatable; benchmarks.grid) multiplies the cells by the values of a run setting
+(lr, beta, arms, ...) or an algorithm hyper-parameter (ALGO.KEY for one algorithm only); the table
+and plot label each variant ``algo key=value``. The algorithms' beta follows the run's --beta.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Sequence
 
@@ -19,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 import algorithms
+from benchmarks import grid as grid_keys
 from benchmarks import report
 from benchmarks.store import ResultStore, cell_name
 from rlft import cli
@@ -26,6 +33,8 @@ from rlft.errors import UsageError
 from rlft.tabular import TabularRun, train
 
 DEFAULTS = TabularRun()
+#: TabularRun fields that --grid cannot sweep: the cell axes and bookkeeping.
+NOT_GRIDDABLE = ("offpolicy", "seed", "log_every")
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -41,6 +50,9 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--group-size", type=int, default=DEFAULTS.group_size, help=f"n, samples per group (default {DEFAULTS.group_size})")
     p.add_argument("--groups", type=int, default=DEFAULTS.groups, help=f"groups per step (default {DEFAULTS.groups})")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"SGD step size on the logits (default {DEFAULTS.lr})")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="repeatable: sweep a run setting (lr=1,3) or an algorithm hyper-parameter "
+                        "(agro.shift=0,0.1; see the module docstring)")
     p.add_argument("--out", default="results/tabular", help="output directory (default results/tabular)")
     return p.parse_args(argv)
 
@@ -56,17 +68,24 @@ def build_cells(args) -> list[tuple[dict, algorithms.Algorithm, TabularRun]]:
     names = cli.comma_list(args.algos)
     if not names:
         raise UsageError("--algos is empty; known: " + ", ".join(algorithms.available()))
+    grid = grid_keys.parse_grid(args.grid, names, TabularRun, NOT_GRIDDABLE)
+    base = TabularRun(arms=args.arms, beta=args.beta, group_size=args.group_size, groups=args.groups,
+                      steps=args.steps, lr=args.lr)
     cells = []
     for name in names:
-        cls = algorithms.get(name)
-        overrides = {"beta": args.beta} if "beta" in cls.Config.help() else {}
-        algo = algorithms.make(name, **overrides)
-        algo.check_group_size(args.group_size)
-        for offpolicy in cli.fractions(args.offpolicy):
-            for seed in cli.int_list(args.seeds, "--seeds"):
-                run = TabularRun(arms=args.arms, beta=args.beta, group_size=args.group_size, groups=args.groups,
-                                 steps=args.steps, lr=args.lr, offpolicy=offpolicy, seed=seed)
-                cells.append(({"algo": name, "offpolicy": offpolicy, "seed": seed}, algo, run))
+        axes = [k for k in grid if name in k.values]
+        for point in itertools.product(*(k.values[name] for k in axes)):
+            settings = dataclasses.replace(base, **{k.field: v for k, v in zip(axes, point) if k.train})
+            overrides = {k.field: v for k, v in zip(axes, point) if not k.train}
+            if "beta" in algorithms.get(name).Config.help():
+                overrides.setdefault("beta", settings.beta)
+            algo = algorithms.make(name, **overrides)
+            algo.check_group_size(settings.group_size)
+            for offpolicy in cli.fractions(args.offpolicy):
+                for seed in cli.int_list(args.seeds, "--seeds"):
+                    keys = {"algo": name, "offpolicy": offpolicy, "seed": seed,
+                            **{k.name: v for k, v in zip(axes, point)}}
+                    cells.append((keys, algo, dataclasses.replace(settings, offpolicy=offpolicy, seed=seed)))
     return cells
 
 
@@ -92,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     cells = build_cells(args)
     store = ResultStore(args.out)
-    store.write_text("sweep.json", report.sweep_manifest("tabular", vars(args)))
+    grid = [item.partition("=")[0].strip() for item in args.grid]
+    store.write_text("sweep.json", report.sweep_manifest("tabular", vars(args), grid=grid))
     todo = [c for c in cells if not store.is_done(cell_name(c[0]))]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done in {args.out}")

@@ -7,7 +7,7 @@ Everything is float64; the tolerances are float64 rounding bounds of these sums 
 
 1. on-policy unbiasedness   2. AGRO off-policy = -grad Var_mu[Delta] / (2 beta), fixed point pi*
 3. untruncated is-pg unbiased off-policy   4. KL estimators   5. micro-batch loss aggregation
-6. GRPO advantage invariances
+6. GRPO advantage invariances   7. AGRO variants (shift, anchor): their updates and fixed points
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from algorithms import Normalizers
 from algorithms import functional as F
 from algorithms.grpo import grpo_advantages
 from rlft.batch import Batch
-from exact import DTYPE, Problem, expected_gradient, per_group_gradients, total_probability  # tests/exact.py
+from rlft.errors import UsageError
+from exact import DTYPE, Problem, expected_gradient, group_batch, per_group_gradients, total_probability  # tests/exact.py
 from tolerances import chain_error, difference  # tests/tolerances.py
 
 #: Exact expectations sum the K^n <= 64 groups of n <= 3 samples, each through a softmax over K <= 4
@@ -466,3 +467,125 @@ def test_grpo_loss_gradient_invariances(drawn, shift: float, scale: float) -> No
         loss2, grad2 = loss_and_grad(algorithm, transformed)
         close(loss2, loss)
         close(grad2, grad)
+
+
+# ====================================================================== 7. AGRO variants
+# ``shift`` (Asymmetric REINFORCE's baseline shift) and ``anchor`` (the pi*-anchor): what each adds
+# to AGRO's expected update, and where its fixed point is (algorithms/agro.py, class docstring).
+SHIFT = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False).filter(lambda d: abs(d) > 1e-3)
+ANCHOR = st.floats(0.05, 2.0, allow_nan=False, allow_infinity=False)
+BASELINES = ["mean", "loo"]
+
+
+def consistency_factor(baseline: str, n: int) -> float:
+    """c of the class docstring: (n-1)/n with the mean baseline, 1 with leave-one-out."""
+    return (n - 1) / n if baseline == "mean" else 1.0
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+@EXACT
+@given(problem=problems(), shift=SHIFT)
+def test_agro_shift_adds_behaviour_cloning(baseline: str, problem: Problem, shift: float) -> None:
+    """Any full-support mu: E_mu[-grad loss] = -c grad Var_mu[Delta] / (2 beta) + delta (mu - pi),
+    the second term being delta * grad E_mu[log pi] in softmax logits (a pull toward the data)."""
+    pi = torch.softmax(problem.tensor(problem.theta), -1)
+    mu = problem.mu_logprobs().exp()
+    c = consistency_factor(baseline, problem.n)
+    expected = -c * problem.grad_var_delta() / (2 * problem.beta) + shift * (mu - pi)
+    close(expected_gradient(make("agro", problem, baseline=baseline, shift=shift), problem), expected)
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+@EXACT
+@given(problem=problems(on_policy=True), shift=SHIFT)
+def test_agro_shift_leaves_on_policy_unchanged(baseline: str, problem: Problem, shift: float) -> None:
+    """mu = pi: E_pi[grad log pi] = 0, so the shift changes nothing in expectation."""
+    plain = expected_gradient(make("agro", problem, baseline=baseline), problem)
+    close(expected_gradient(make("agro", problem, baseline=baseline, shift=shift), problem), plain)
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+@EXACT
+@given(problem=problems(), shift=SHIFT, level=st.floats(-1.0, 1.0))
+def test_agro_shift_fixed_point(baseline: str, problem: Problem, shift: float, level: float) -> None:
+    """The fixed point: E_mu[-grad loss] = 0 exactly where Delta(y) = b - delta' + delta' pi(y) / mu(y)
+    (delta' = delta / c, b = E_mu[Delta]). The rewards are built so that the drawn pi is there:
+    r = beta ell + b - delta' + delta' pi / mu. It is not pi*: there the gradient is delta (mu - pi*)."""
+    logpi = torch.log_softmax(problem.tensor(problem.theta), -1)
+    log_mu = problem.mu_logprobs()
+    ratio = (logpi - log_mu).exp()
+    assume(float(ratio.max()) <= 50)  # keeps |r| within the tolerance's SCALE
+    delta_prime = shift / consistency_factor(baseline, problem.n)
+    rewards = problem.beta * (logpi - problem.ref_logprobs) + level - delta_prime + delta_prime * ratio
+    there = dataclasses.replace(problem, rewards=tuple(rewards.tolist()))
+    algorithm = make("agro", there, baseline=baseline, shift=shift)
+    close(expected_gradient(algorithm, there), torch.zeros(problem.K, dtype=DTYPE))
+    optimum = problem.at_optimum()
+    pi_star = torch.softmax(problem.tensor(optimum.theta), -1)
+    close(expected_gradient(make("agro", optimum, baseline=baseline, shift=shift), optimum),
+          shift * (log_mu.exp() - pi_star))
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+@EXACT
+@given(problem=problems(), anchor=ANCHOR)
+def test_agro_anchor_vanishes_at_optimum(baseline: str, problem: Problem, anchor: float) -> None:
+    """At pi = pi*, Delta is constant in every group, so w*_i = w_i for every sample: the gradient of
+    EVERY group is zero, for any mu, as for the paper's AGRO; pi* stays the fixed point."""
+    optimum = problem.at_optimum()
+    algorithm = make("agro", optimum, baseline=baseline, anchor=anchor)
+    zero = torch.zeros(problem.K, dtype=DTYPE)
+    for grad in per_group_gradients(algorithm, optimum):
+        close(grad, zero)
+
+
+@EXACT
+@given(problem=problems(), arms=st.lists(st.integers(0, 3), min_size=2, max_size=6))
+def test_agro_anchor_weights_are_importance_weights(problem: Problem, arms: list[int]) -> None:
+    """In any group from mu: w*_i = n q*_i / sum_j q*_j with q* = pi* / mu, and w_i the same with
+    q = pi / mu (the identity rho exp(Delta / beta) = exp(r / beta) pi_ref / mu, proportional to pi* / mu)."""
+    arms = tuple(a % problem.K for a in arms)
+    log_mu, ref = problem.mu_logprobs(), problem.ref_logprobs
+    logpi = torch.log_softmax(problem.tensor(problem.theta), -1)
+    batch = group_batch(arms, log_mu, ref, problem.r)
+    algorithm = make("agro", problem, anchor=1.0)
+    seq_logprobs = logpi[list(arms)]
+    delta = batch.rewards - problem.beta * (seq_logprobs - batch.ref_seq_logprobs)
+    log_star = torch.log_softmax(problem.tensor(problem.optimal_theta), -1)
+
+    def normalised(q: torch.Tensor) -> torch.Tensor:
+        return len(arms) * q / q.sum()
+
+    expected = normalised((log_star - log_mu).exp()[list(arms)]) - normalised((logpi - log_mu).exp()[list(arms)])
+    close(algorithm.anchor_weights(batch, seq_logprobs, delta), expected)
+
+
+@EXACT
+@given(problem=problems(), anchor=ANCHOR, n=st.integers(2, 6))
+def test_agro_anchor_pulls_toward_optimum(problem: Problem, anchor: float, n: int) -> None:
+    """Two arms, any mu, any group size: the anchor's update of arm 1's logit has the sign of
+    pi*(1) - pi(1) in EVERY group (zero when all samples agree), so also in expectation.
+
+    In a group with c samples of arm 1, its update is lambda * (share of w* on arm 1 - share of w on
+    arm 1) * n / n, and the self-normalised share c q1/mu1 / (c q1/mu1 + (n - c) q0/mu0) grows with
+    q1/q0: it is larger for q = pi* than for q = pi exactly when pi*(1) > pi(1)."""
+    two = dataclasses.replace(problem, theta=problem.theta[:2], ref_logits=problem.ref_logits[:2],
+                              mu_logits=problem.mu_logits[:2], rewards=problem.rewards[:2], n=n)
+    pi = torch.softmax(two.tensor(two.theta), -1)
+    pi_star = torch.softmax(two.tensor(two.optimal_theta), -1)
+    toward = float(pi_star[1] - pi[1])
+    assume(abs(toward) > 0.01)
+    with_anchor, plain = make("agro", two, anchor=anchor), make("agro", two)
+    grads = zip(per_group_gradients(with_anchor, two), per_group_gradients(plain, two))
+    pulls = [float(a[1] - b[1]) for a, b in grads]
+    assert all(p * toward >= -ATOL for p in pulls)
+    expected_pull = float(expected_gradient(with_anchor, two)[1] - expected_gradient(plain, two)[1])
+    assert expected_pull * toward > 0
+    assert abs(expected_pull) > 1e3 * ATOL
+
+
+def test_agro_variants_refuse_bad_values() -> None:
+    """One line each: a non-finite shift, a negative anchor, an anchor without beta."""
+    for bad in (dict(shift=float("nan")), dict(anchor=-0.1), dict(anchor=float("inf")), dict(anchor=0.5, beta=0.0)):
+        with pytest.raises(UsageError, match="shift|anchor"):
+            algorithms.make("agro", **bad)

@@ -56,6 +56,22 @@ def test_every_algorithm_runs(tmp_path):
     assert summary["final_normalized_kl"].notna().all()
 
 
+def test_agro_variants_on_the_bandit(tmp_path):
+    """--grid over AGRO's variants, fully off-policy (all data from pi_ref): the anchor keeps pi* as the
+    fixed point (normalised KL to pi* goes to ~0, as for the paper's AGRO), a shift moves it toward
+    the data, so the normalised KL stalls well above 0 (algorithms/agro.py gives both fixed points)."""
+    tabular.main(["--algos", "agro", "--offpolicy", "1", "--seeds", "0,1", "--steps", "1500",
+                  "--grid", "agro.shift=0,0.2", "--grid", "agro.anchor=0,1", "--out", str(tmp_path)])
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 2 * 2 * 2 and (summary["status"] == "ok").all()
+    final = summary.groupby(["agro.shift", "agro.anchor"])["final_normalized_kl"].max()
+    assert final[0.0, 0.0] <= 1e-2 and final[0.0, 1.0] <= 1e-2
+    smallest_shifted = summary[summary["agro.shift"] == 0.2]["final_normalized_kl"].min()
+    assert smallest_shifted >= 0.05
+    table = (tmp_path / "table.md").read_text()
+    assert "| agro shift=0 anchor=1 |" in table and "| agro shift=0.2 anchor=0 |" in table
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -64,6 +80,8 @@ def test_every_algorithm_runs(tmp_path):
         (["--algos", "agro", "--group-size", "1"], "agro needs at least 2 samples per prompt"),
         (["--algos", "agro,nope"], "unknown algorithm 'nope'; known: agro,"),
         (["--steps", "ten"], "invalid int value"),
+        (["--algos", "agro", "--grid", "agro.nope=1"], "agro has no hyper-parameter 'nope'"),
+        (["--algos", "agro", "--grid", "agro.anchor=-1"], "anchor must be a finite number >= 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
