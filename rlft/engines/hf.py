@@ -39,7 +39,14 @@ from transformers import (
 )
 
 from rlft.engines.base import ENGINES, Generation, RolloutEngine, SamplingParams, encode_prompts
-from rlft.policy import at_least_float32, output_rows, position_ids_from_mask, shared_prompt_rows
+from rlft.policy import (
+    at_least_float32,
+    output_cache,
+    output_rows,
+    position_ids_from_mask,
+    shared_prompt_rows,
+    with_cache,
+)
 
 #: Upper bound on the [rows, steps, vocab] float32 scores one ``generate`` call may keep. The own
 #: sampling loop keeps none, but it splits a call into the same chunks, so that a seed draws the
@@ -226,14 +233,15 @@ class HFEngine(RolloutEngine):
         if shared is None:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                              use_cache=True, logits_to_keep=1)
-            return at_least_float32(out.logits[:, -1]), out.past_key_values
+            return at_least_float32(out.logits[:, -1]), output_cache(out)
         first, inverse = shared
         with output_rows(self.model, inverse):
             out = self.model(input_ids=ids[first], attention_mask=mask[first],
                              position_ids=position_ids_from_mask(mask[first]), use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1] if out.logits.shape[0] == len(inverse) else out.logits[inverse, -1]
-        out.past_key_values.batch_select_indices(inverse)
-        return at_least_float32(logits), out.past_key_values
+        cache = output_cache(out)
+        cache.batch_select_indices(inverse)
+        return at_least_float32(logits), cache
 
     def _sample(self, ids: Tensor, mask: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:
         """Sample up to ``max_new_tokens`` per row: (tokens [b, T], their log-probs [b, T]).
@@ -264,7 +272,7 @@ class HFEngine(RolloutEngine):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             position = position + 1
             out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+                             **with_cache(self.model, cache), use_cache=True, logits_to_keep=1)
             logits = at_least_float32(out.logits[:, -1])
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 

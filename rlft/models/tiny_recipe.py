@@ -38,6 +38,7 @@ from rlft.errors import UsageError
 from rlft.models.cache import cached_build
 from rlft.models.muon import Muon
 from rlft.models.tiny import TINY_DIR, TINY_SHA256, build_char_tokenizer, sha256_file
+from rlft.policy import output_cache, with_cache
 
 #: Bump when the recipe changes in a way its config fields do not capture.
 #: 3: Muon's Newton-Schulz iteration in float32 (was torch.optim.Muon's bfloat16).
@@ -151,13 +152,13 @@ def supervised_loss(model, prefix: list[int], ids, mask, labels) -> torch.Tensor
     if not prefix:
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
     B, L = ids.shape[0], len(prefix)
-    cache = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+    cache = output_cache(model(input_ids=torch.tensor([prefix]), use_cache=True))
     cache.batch_repeat_interleave(B)
     logits = model(
         input_ids=ids[:, L:],
         attention_mask=torch.cat([mask.new_ones(B, L), mask[:, L:]], 1),
         position_ids=torch.arange(L, ids.shape[1]).expand(B, -1),
-        past_key_values=cache,
+        **with_cache(model, cache),
         use_cache=True,
     ).logits
     return torch.nn.functional.cross_entropy(
