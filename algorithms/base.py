@@ -22,6 +22,7 @@ and third parties add theirs through the ``rlft.algorithms`` entry-point group o
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
@@ -122,12 +123,16 @@ class AlgorithmConfig:
                                    "over shuffled mini-batches (0: one step on the whole batch)")
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # NaN passes every range check: refuse it first
+            value = getattr(self, item.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise UsageError(f"hyper-parameter {item.name} is NaN; give a number (--hp {item.name}=VALUE)")
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
         if self.mini_batch_groups < 0:
             raise UsageError(f"mini_batch_groups must be >= 0 (0: the whole batch), got {self.mini_batch_groups}")
-        if getattr(self, "beta", 0.0) < 0:
-            raise UsageError(f"beta must be >= 0, got {self.beta}; it is the KL strength")
+        if not 0 <= getattr(self, "beta", 0.0) < math.inf:
+            raise UsageError(f"beta must be >= 0 and finite, got {self.beta}; it is the KL strength")
 
     @classmethod
     def help(cls) -> dict[str, str]:

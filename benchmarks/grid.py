@@ -8,6 +8,7 @@ are typed by the field they set; errors are one line listing the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -91,6 +92,8 @@ def _typed(config_cls: type, field: str, raw: Sequence[str], name: str) -> tuple
         values = tuple(coerce_overrides(config_cls, {field: text})[field] for text in raw)
     except UsageError as exc:
         raise UsageError(f"--grid {name}: {exc}") from None
+    if any(isinstance(v, float) and math.isnan(v) for v in values):
+        raise UsageError(f"--grid {name}: NaN is not a value to sweep; give numbers")
     if len(set(values)) < len(values):
         raise UsageError(f"--grid {name} lists a value twice: {','.join(raw)}")
     return values

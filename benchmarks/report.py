@@ -433,27 +433,33 @@ def build(store: ResultStore) -> list[Path]:
     """Rebuild summary.csv, curves.csv, table.md and the plots of a sweep directory."""
     manifest = store.manifest()
     if manifest is None:
-        raise UsageError(f"{store.root} has no sweep.json; is it a directory written by a benchmark?")
+        raise UsageError(f"{store.root} has no sweep.json; pass a folder written by benchmarks.run or "
+                         "benchmarks.tabular (their --out)")
     kind = manifest.get("kind")
     if kind not in ("tabular", "lm"):
         raise UsageError(f"unknown sweep kind {kind!r} in {store.root / 'sweep.json'}")
     summary = summary_frame(store, with_cell=kind == "lm")
     if summary.empty:
-        raise UsageError(f"{store.root} has no finished cells yet")
+        raise UsageError(f"{store.root} has no finished cells yet; run the sweep (its cells are written as they finish)")
     curves = store.curves()
     if kind == "lm":
         summary = lm_summary(summary, manifest.get("grid", []))
     store.write_text("summary.csv", summary.to_csv(index=False))
     store.write_text("curves.csv", curves.to_csv(index=False))
+    if not (summary["status"] == "ok").any():
+        first = summary.iloc[0]
+        raise UsageError(f"every cell of {store.root} failed ({len(summary)} of them; {first['cell'] if 'cell' in first else first['algo']}: "
+                         f"{first['error']}); fix the cause and rerun the sweep with --retry-failed "
+                         f"(summary.csv lists each error)")
     paths = [store.root / "summary.csv", store.root / "curves.csv", store.root / "table.md"]
     if kind == "tabular":
         grid = manifest.get("grid", [])
-        store.write_text("table.md", tabular_table(variant_labels(summary, grid)))
+        store.write_text("table.md", tabular_table(variant_labels(summary, grid)) + set_aside_note(store))
         if not curves.empty:
             tabular_plot(variant_labels(curves, grid), store.root / "normalized_kl.png")
             paths.append(store.root / "normalized_kl.png")
     else:
-        store.write_text("table.md", lm_table(summary, manifest))
+        store.write_text("table.md", lm_table(summary, manifest) + set_aside_note(store))
         ok_cells = set(summary.loc[summary["status"] == "ok", "cell"])
         grid = manifest.get("grid", [])
         paths += lm_plots(summary, store.curves(ok_cells), grid, store.root)
@@ -463,6 +469,17 @@ def build(store: ResultStore) -> list[Path]:
         if versus:
             paths.append(paired_plot(versus, reference, store.root / "paired_difference.png"))
     return paths
+
+
+def set_aside_note(store: ResultStore) -> str:
+    """A closing line of table.md naming the damaged cell files that were set aside, if any."""
+    if not store.set_aside:
+        return ""
+    redone = [n for n in store.set_aside if store.cell_path(n).exists()]
+    missing = [n for n in store.set_aside if n not in redone]
+    parts = [f"cells/{n}.json (redone)" for n in redone] + [f"cells/{n}.json (missing here; rerun the sweep "
+                                                            "to redo it)" for n in missing]
+    return f"\nDamaged cell files set aside as *.corrupt: {', '.join(parts)}.\n"
 
 
 def read_table(store: ResultStore) -> str:
@@ -475,8 +492,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("dir", help="a sweep directory (with sweep.json and cells/)")
     args = p.parse_args(argv)
     if not Path(args.dir).is_dir():
-        raise UsageError(f"{args.dir} is not a directory")
-    store = ResultStore(args.dir)
+        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a benchmarks.run or "
+                         "benchmarks.tabular sweep")
+    store = ResultStore(args.dir, create=False)
     paths = build(store)
     print(read_table(store))
     print("wrote " + ", ".join(str(p) for p in paths))

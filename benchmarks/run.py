@@ -58,7 +58,7 @@ from benchmarks.parallel import PinnedPool, usable_cores
 from benchmarks.store import ResultStore, cell_name
 from rlft import cli
 from rlft.data import load
-from rlft.engines import resolve_engine
+from rlft.engines import check_engine_args
 from rlft.errors import UsageError
 from rlft.models import load_model
 from rlft.objective import objective_gap
@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"--algos lists an algorithm twice: {args.algos}")
     for algo in algos:
         algorithms.get(algo)
-    resolve_engine(args.engine)
+    check_engine_args(args.engine, {k: literal(v) for k, v in parse_hp(args.engine_arg, "--engine-arg").items()})
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if args.jobs < 0:

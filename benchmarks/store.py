@@ -14,29 +14,14 @@ A cell's JSON is written last, so its presence means the cell is complete; a rer
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from rlft.errors import UsageError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from rlft.files import atomic_write_text, ensure_writable_dir, read_json
 
 
 def cell_name(keys: dict[str, Any]) -> str:
@@ -46,17 +31,25 @@ def cell_name(keys: dict[str, Any]) -> str:
 
 
 class ResultStore:
-    """The files of one sweep directory."""
+    """The files of one sweep directory.
 
-    def __init__(self, root: str | Path) -> None:
+    A cell file that cannot be parsed (cut short by a full disk, edited by hand) is never fatal: it
+    is renamed ``<cell>.json.corrupt`` (its curve too), reported once on stderr and listed in
+    :attr:`set_aside`, and the cell counts as not done, so the sweep redoes it. A damaged
+    ``sweep.json`` is a one-line error naming it.
+
+    Args:
+        root: the sweep directory.
+        create: make ``root/cells`` and check it is writable (a sweep); False only reads (the
+            report), and creates nothing.
+    """
+
+    def __init__(self, root: str | Path, create: bool = True) -> None:
         self.root = Path(root)
-        try:
-            (self.root / "cells").mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise UsageError(f"cannot write results to {self.root}: {exc.strerror}; pass a writable --out") from None
+        self.set_aside: list[str] = []  # cells whose damaged files were renamed *.corrupt
+        if create:
+            ensure_writable_dir(self.root, "--out")
+            (self.root / "cells").mkdir(exist_ok=True)
 
     def cell_path(self, name: str) -> Path:
         return self.root / "cells" / f"{name}.json"
@@ -68,17 +61,22 @@ class ResultStore:
         return self.root / "runs" / name
 
     def is_done(self, name: str) -> bool:
-        return self.cell_path(name).exists()
+        return self.record(name) is not None
 
     def record(self, name: str) -> dict[str, Any] | None:
-        """The stored record of cell ``name``, or None if it has none yet."""
-        path = self.cell_path(name)
-        return json.loads(path.read_text()) if path.exists() else None
+        """The stored record of cell ``name``, or None if it has none yet (or had a damaged one)."""
+        return self._read_cell(self.cell_path(name))
 
     def manifest(self) -> dict[str, Any] | None:
         """The parsed ``sweep.json``, or None if the directory has none yet."""
         path = self.root / "sweep.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        manifest = read_json(path, "restore it, or delete it to have the next run of the sweep write it anew "
+                                   "(the cells are kept)")
+        if not isinstance(manifest, dict):
+            raise UsageError(f"{path} is damaged (not a JSON object); restore it or delete it")
+        return manifest
 
     def save(self, name: str, record: dict[str, Any], curve: pd.DataFrame | None = None) -> None:
         """Store a finished cell: the curve first, then the record that marks it complete."""
@@ -87,7 +85,33 @@ class ResultStore:
         atomic_write_text(self.cell_path(name), json.dumps(record, indent=1, sort_keys=True, default=str))
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted((self.root / "cells").glob("*.json"))]
+        """Every readable cell record (damaged ones are set aside)."""
+        paths = sorted((self.root / "cells").glob("*.json"))
+        return [r for r in (self._read_cell(p) for p in paths) if r is not None]
+
+    def _read_cell(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not {"cell", "keys"} <= set(record):
+                raise ValueError("not a cell record")
+            return record
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            self._set_aside(path.stem, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return None
+
+    def _set_aside(self, name: str, why: str) -> None:
+        """Rename the damaged files of cell ``name`` to ``*.corrupt`` (numbered if that exists)."""
+        for path in (self.cell_path(name), self.curve_path(name)):
+            if path.exists():
+                target, k = path.with_name(path.name + ".corrupt"), 1
+                while target.exists():
+                    target, k = path.with_name(f"{path.name}.corrupt{k}"), k + 1
+                path.rename(target)
+        self.set_aside.append(name)
+        print(f"warning: {self.cell_path(name)} was damaged ({why}); set aside as {self.cell_path(name).name}.corrupt, "
+              "the cell will be redone", file=sys.stderr)
 
     def curves(self, names: Iterable[str] | None = None) -> pd.DataFrame:
         """All curves concatenated, each with its cell's key columns."""
@@ -95,7 +119,11 @@ class ResultStore:
         for record in self.records():
             path = self.curve_path(record["cell"])
             if path.exists() and (names is None or record["cell"] in names):
-                frame = pd.read_csv(path)
+                try:
+                    frame = pd.read_csv(path)
+                except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+                    self._set_aside(record["cell"], f"its curve {path.name}: {type(exc).__name__}")
+                    continue
                 for key, value in record["keys"].items():
                     frame[key] = value
                 frames.append(frame)

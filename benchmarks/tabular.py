@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from typing import Sequence
 
@@ -59,8 +60,10 @@ def parse_args(argv: Sequence[str] | None):
 
 def build_cells(args) -> list[tuple[dict, algorithms.Algorithm, TabularRun]]:
     """Validate every setting up front and return (keys, algorithm, run settings) per cell."""
-    if args.beta <= 0:
-        raise UsageError(f"--beta must be > 0 (the KL strength defines pi*), got {args.beta:g}")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise UsageError(f"--beta must be a finite number > 0 (the KL strength defines pi*), got {args.beta:g}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0 (the SGD step size), got {args.lr:g}")
     for flag, value, low in (("--steps", args.steps, 1), ("--arms", args.arms, 2),
                              ("--group-size", args.group_size, 1), ("--groups", args.groups, 1)):
         if value < low:
@@ -89,6 +92,27 @@ def build_cells(args) -> list[tuple[dict, algorithms.Algorithm, TabularRun]]:
     return cells
 
 
+#: The flags whose values every cell of a folder shares (the cell axes and --grid add cells).
+SHARED_SETTINGS = ("steps", "arms", "beta", "group_size", "groups", "lr")
+
+
+def check_manifest(store: ResultStore, args, grid: list[str]) -> None:
+    """A folder only takes cells made with its own settings (else their rows would mix, mislabelled)."""
+    old = store.manifest()
+    if old is None:
+        return
+    if old.get("kind") != "tabular":
+        raise UsageError(f"{store.root} holds a {old.get('kind')} sweep, not a tabular one; pass another --out")
+    theirs = {**vars(parse_args([])), **old.get("args", {})}
+    diffs = [f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {getattr(args, k)!r} now"
+             for k in SHARED_SETTINGS if theirs.get(k) != getattr(args, k)]
+    if sorted(old.get("grid", [])) != sorted(grid):
+        diffs.append(f"grid keys {old.get('grid', [])} there, {grid} now")
+    if diffs:
+        raise UsageError(f"{store.root} holds a sweep with other settings ({'; '.join(diffs)}); "
+                         "pass another --out or the same settings")
+
+
 def run_cell(store: ResultStore, keys: dict, algo: algorithms.Algorithm, run: TabularRun) -> None:
     name = cell_name(keys)
     record = {"cell": name, "keys": keys, "settings": dataclasses.asdict(run),
@@ -112,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cells = build_cells(args)
     store = ResultStore(args.out)
     grid = [item.partition("=")[0].strip() for item in args.grid]
+    check_manifest(store, args, grid)
     store.write_text("sweep.json", report.sweep_manifest("tabular", vars(args), grid=grid))
     todo = [c for c in cells if not store.is_done(cell_name(c[0]))]
     if len(todo) < len(cells):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlft import cli
-from rlft.errors import UsageError
+from rlft.errors import NonFiniteLoss, UsageError
 from rlft.objective import objective_gap
 from rlft.trainer import TrainConfig, Trainer
 
@@ -151,7 +151,14 @@ def warn_if_one_cpu_process() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     warn_if_one_cpu_process()
     trainer = Trainer(config_from_args(argv))
-    records = trainer.train()
+    try:
+        records = trainer.train()
+    except NonFiniteLoss as exc:  # recorded in error.json; the last checkpoint is kept
+        step = trainer.checkpoint_step()
+        kept = f"the checkpoint of step {step} is kept" if step else "no checkpoint was written yet"
+        print(f"error: {exc}; the run stopped (details in {trainer.out / 'error.json'}; {kept}); try a lower --lr "
+              "or other settings with another --out", file=sys.stderr)
+        raise SystemExit(1) from None
     evals = [r for r in records if "eval_accuracy" in r]
     if evals and trainer.is_main:
         first, last = evals[0], evals[-1]

@@ -25,10 +25,8 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -44,10 +42,11 @@ from algorithms.base import Normalizers
 from rlft.batch import Batch
 from rlft.data import Problem, format_prompt, load
 from rlft.distributed import all_sum, all_true
-from rlft.engines import ENGINES, resolve_engine
+from rlft.engines import ENGINES, check_engine_args, resolve_engine
 from rlft.engines.base import SamplingParams
 from rlft.errors import NonFiniteLoss, UsageError
 from rlft.evaluation import CHUNK_ROWS, EvalSums, evaluate_policy
+from rlft.files import atomic_write_text, ensure_writable_dir, read_json
 from rlft.models import load_model
 from rlft.policy import PolicyWithValue, load_policy, save_policy, score_batch
 from rlft import rollout_correction
@@ -103,36 +102,53 @@ class TrainConfig:
     initial_eval: str = ""  # a folder sharing the step-0 evaluation of pi_ref between runs (a sweep's cells)
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # NaN passes every comparison below: refuse it first
+            value = getattr(self, item.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise UsageError(f"{flag(item.name)} is NaN; give a number")
         if not 0.0 <= self.offpolicy <= 1.0:
-            raise UsageError(f"offpolicy {self.offpolicy:g} is outside [0, 1]; it is the share of off-policy groups per batch")
+            raise UsageError(f"{flag('offpolicy')} {self.offpolicy:g} is outside [0, 1]; it is the share of "
+                             "off-policy groups per batch")
         for name in ("steps", "groups", "group_size", "eval_problems", "eval_samples", "eval_every", "save_every"):
             if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("max_new_tokens", "micro_groups", "threads"):
             if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0 (0: automatic), got {getattr(self, name)}")
+                raise UsageError(f"{flag(name)} must be >= 0 (0: automatic), got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.lr <= 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}")
-        if self.temperature <= 0:
-            raise UsageError(f"temperature must be > 0 for training (log-probs are scored at it), got {self.temperature}")
+            raise UsageError(f"{flag('top_p')} must be in (0, 1], got {self.top_p}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"{flag('lr')} must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"{flag('temperature')} must be a finite number > 0 for training (log-probs are "
+                             f"scored at it), got {self.temperature}")
         if self.recompute_behavior not in ("auto", "on", "off"):
-            raise UsageError(f"recompute_behavior must be auto, on or off, got {self.recompute_behavior!r}")
+            raise UsageError(f"{flag('recompute_behavior')} must be auto, on or off, got {self.recompute_behavior!r}")
         if self.rollout_correction not in rollout_correction.MODES:
-            raise UsageError(f"rollout_correction {self.rollout_correction!r} is unknown; use one of "
+            raise UsageError(f"{flag('rollout_correction')} {self.rollout_correction!r} is unknown; use one of "
                              f"{', '.join(rollout_correction.MODES)}")
         if not 0.0 <= self.rollout_correction_min < self.rollout_correction_max:
-            raise UsageError(f"need 0 <= rollout_correction_min < rollout_correction_max, got "
+            raise UsageError(f"need 0 <= {flag('rollout_correction_min')} < {flag('rollout_correction_max')}, got "
                              f"{self.rollout_correction_min:g} and {self.rollout_correction_max:g}")
         if not (math.isfinite(self.objective_beta) and self.objective_beta > 0):
-            raise UsageError(f"objective_beta must be a finite number > 0, got {self.objective_beta}")
+            raise UsageError(f"{flag('objective_beta')} must be a finite number > 0, got {self.objective_beta}")
         if self.dtype not in ("float32", "bfloat16", "float64"):
-            raise UsageError(f"dtype must be float32, bfloat16 or float64 (for numerical checks), got {self.dtype!r}")
+            raise UsageError(f"{flag('dtype')} must be float32, bfloat16 or float64 (for numerical checks), "
+                             f"got {self.dtype!r}")
 
     @property
     def completion_budget(self) -> int:
         return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(self.model, FALLBACK_MAX_NEW_TOKENS)
+
+
+#: What to do about a checkpoint whose trainer_state.json cannot be read.
+DAMAGED_CHECKPOINT = "delete OUT/checkpoint to start this run over (or pass another --out)"
+
+
+def flag(field: str) -> str:
+    """The command-line flag of TrainConfig field ``field`` (``group_size`` -> ``--group-size``), as
+    ``rlft.train`` and ``benchmarks.run`` spell it; error messages name settings by it."""
+    return "--" + field.replace("_", "-")
 
 
 class Trainer:
@@ -144,11 +160,11 @@ class Trainer:
         self.algorithm.check_group_size(cfg.group_size)
         self.out = Path(cfg.out)
         behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
-        engine_cls = resolve_engine(cfg.engine)  # fails early, in one line, if vLLM is missing
-        try:
-            inspect.signature(engine_cls).bind(None, None, **cfg.engine_args)
-        except TypeError as exc:
-            raise UsageError(f"--engine-arg: the {cfg.engine} engine does not take these arguments ({exc})") from None
+        check_engine_args(cfg.engine, cfg.engine_args)  # fails early, in one line, also if vLLM is missing
+        engine_cls = resolve_engine(cfg.engine)
+        ensure_writable_dir(self.out)  # before the model is loaded
+        if (self.out / "config.json").exists():
+            read_json(self.out / "config.json", "restore it, or pass another --out (or delete that run)")
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        log_with=None if cfg.report_to == "none" else cfg.report_to,
                                        project_dir=str(self.out))
@@ -387,7 +403,7 @@ class Trainer:
         sums, masses = self._evaluate_sums(0)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, json.dumps({"key": key, "sums": dataclasses.asdict(sums),
+            atomic_write_text(path, json.dumps({"key": key, "sums": dataclasses.asdict(sums),
                                             "p_correct": masses.tolist()}))
         return self._eval_metrics(sums, masses)
 
@@ -423,7 +439,7 @@ class Trainer:
                     self.save_checkpoint(step)
         except Exception as exc:
             where = f" (process {self.rank} of {self.processes})" if self.processes > 1 else ""
-            _write_atomic(self.out / "error.json", json.dumps({"error": f"{type(exc).__name__}: {exc}{where}"}))
+            atomic_write_text(self.out / "error.json", json.dumps({"error": f"{type(exc).__name__}: {exc}{where}"}))
             raise
         finally:
             if cfg.report_to != "none":
@@ -445,7 +461,7 @@ class Trainer:
         settings = {"train": dataclasses.asdict(self.config),
                     "algorithm": dataclasses.asdict(self.algorithm.config)}
         if config_path.exists():
-            saved = json.loads(config_path.read_text())
+            saved = read_json(config_path, "restore it, or pass another --out (or delete that run)")
             mine = json.loads(json.dumps(settings, default=str))
             if {**saved["train"], "steps": 0} != {**mine["train"], "steps": 0}:
                 raise UsageError(f"{self.out} holds a run with other settings; use another --out or delete it")
@@ -485,9 +501,14 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
+    def checkpoint_step(self) -> int | None:
+        """The step of the checkpoint in ``OUT/checkpoint``, or None if there is none."""
+        state = self.out / "checkpoint" / "trainer_state.json"
+        return read_json(state, DAMAGED_CHECKPOINT)["step"] if state.exists() else None
+
     def load_checkpoint(self) -> None:
         path = self.out / "checkpoint"
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = read_json(path / "trainer_state.json", DAMAGED_CHECKPOINT)
         if state.get("processes", 1) != self.processes:
             raise UsageError(f"{self.out} was checkpointed with {state.get('processes', 1)} process(es); resume it "
                              f"with the same number (this run has {self.processes}) or use another --out")
@@ -506,7 +527,7 @@ class Trainer:
         if self.is_main:
             lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
             kept = [line for line in lines if _complete_record(line) and json.loads(line)["step"] <= self.start_step]
-            _write_atomic(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+            atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
 
 
 def parse_behavior(spec: str) -> tuple[str, str]:
@@ -523,12 +544,6 @@ def parse_behavior(spec: str) -> tuple[str, str]:
             raise UsageError(f"--behavior {spec!r}: no such file (jsonl rows of prompt, completion, reward)")
         return kind, arg
     raise UsageError(f"unknown behaviour source {spec!r}; use ref, stale:K or dataset:PATH")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _complete_record(line: str) -> bool:

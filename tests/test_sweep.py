@@ -182,7 +182,7 @@ def test_grid_multiplies_only_the_algorithms_that_have_the_key():
         (["baseline=mean"], "agro,is-pg", "baseline must be one of none, loo, got 'mean'"),
         (["beta=0.1,0.1"], "agro", "--grid beta lists a value twice"),
         (["group_size=1"], "agro", "agro needs at least 2 samples per prompt"),
-        (["eval_every=0"], "agro", "eval_every must be >= 1"),
+        (["eval_every=0"], "agro", "--eval-every must be >= 1"),
     ],
 )
 def test_bad_grid_is_a_usage_error(grid, algos, message):
@@ -219,16 +219,19 @@ def test_t_interval_text():
 BAD_INPUT = {
     "unknown algorithm": (["--algos", "agro,nope"], "unknown algorithm 'nope'; known: agro,"),
     "offpolicy out of range": (["--offpolicy", "0,1.5"], "--offpolicy value 1.5 is outside [0, 1]"),
-    "unknown preset": (["--preset", "no-such-preset"], "cannot load hub model"),
+    "unknown preset": (["--preset", "no-such-preset"], "not a preset (smollm2-135m, tiny)"),
     "unknown dataset": (["--dataset", "nope"], "unknown dataset 'nope'; known: arith"),
     "malformed dataset file": (["--dataset", "jsonl:{dir}/bad.jsonl"], "bad.jsonl line 2: invalid JSON"),
-    "unwritable out": (["--out", "{dir}/a-file/out"], "cannot write results to"),
+    "unwritable out": (["--out", "{dir}/a-file/out"], "cannot write to --out"),
     "unknown grid key": (["--grid", "nope=1"], "unknown --grid key 'nope'; valid: TrainConfig fields"),
     "processes not dividing groups": (["--processes", "3"], "--processes 3: need N >= 1 dividing --groups (16)"),
     "negative jobs": (["--jobs", "-1"], "--jobs must be >= 0"),
     "more jobs than cores": (["--jobs", "999"], "--jobs 999 is more than the"),
     "unknown compare-to": (["--algos", "agro,grpo", "--compare-to", "ppo"], "--compare-to 'ppo' is not one of --algos"),
-    "objective beta nan": (["--objective-beta", "nan"], "objective_beta must be a finite number > 0, got nan"),
+    "objective beta nan": (["--objective-beta", "nan"], "--objective-beta is NaN; give a number"),
+    "unknown engine argument": (["--engine-arg", "foo=1"], "--engine-arg: the hf engine does not take these"),
+    "grid value nan": (["--grid", "beta=nan"], "--grid beta: NaN is not a value to sweep"),
+    "zero steps": (["--steps", "0"], "--steps must be >= 1"),
 }
 
 

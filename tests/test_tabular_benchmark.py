@@ -75,7 +75,7 @@ def test_agro_variants_on_the_bandit(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--beta", "-1"], "--beta must be > 0"),
+        (["--beta", "-1"], "--beta must be a finite number > 0"),
         (["--offpolicy", "0,1.5"], "outside [0, 1]"),
         (["--algos", "agro", "--group-size", "1"], "agro needs at least 2 samples per prompt"),
         (["--algos", "agro,nope"], "unknown algorithm 'nope'; known: agro,"),

@@ -13,6 +13,7 @@ vLLM engine when vLLM imports and serves the model, else the HF engine.
 from __future__ import annotations
 
 import importlib
+import inspect
 import importlib.util
 from typing import Any, Callable
 
@@ -102,3 +103,13 @@ def resolve_engine(name: str, model=None) -> EngineFactory:
             return _auto
         return _vllm_engine_class() if _vllm_supports(model) else HFEngine
     return ENGINES.get(name)
+
+
+def check_engine_args(name: str, engine_args: dict) -> None:
+    """One line if engine ``name`` does not take the keyword arguments ``engine_args`` (``--engine-arg``);
+    cheap, so commands call it before loading a model."""
+    engine_cls = resolve_engine(name)
+    try:
+        inspect.signature(engine_cls).bind(None, None, **engine_args)
+    except TypeError as exc:
+        raise UsageError(f"--engine-arg: the {name} engine does not take these arguments ({exc})") from None

@@ -68,5 +68,8 @@ def _load_pretrained(spec: str, dtype: torch.dtype) -> ModelAndTokenizer:
         return load_folder(path if path.is_dir() else spec, dtype)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "folder" if path.is_dir() else "hub model (offline, or no such name?)"
-        raise UsageError(f"cannot load {where} {spec!r}: {first_line}") from None
+        if path.is_dir():
+            raise UsageError(f"cannot load folder {spec!r}: {first_line}") from None
+        known = ", ".join(PRESETS.available())
+        raise UsageError(f"unknown model {spec!r}: not a preset ({known}), a local folder or a hub model that "
+                         f"loads here (offline, or no such name? {first_line})") from None
