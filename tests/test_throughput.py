@@ -137,7 +137,7 @@ def test_scoring_once_per_prompt_equals_one_forward(tiny):
     # adds a sum over the vocabulary, the values are of the size of the hidden state (RMS 1)
     forward = forward_reductions(model.config, gen.prompt_ids.shape[1] + gen.completion_ids.shape[1])
     logit = max_abs_logit(model, gen)
-    value = max(1.0, float(plain.values.abs().max()))
+    value = max(1.0, float(plain.values.detach().abs().max()))
     bounds = {"logprobs": difference(forward, logit), "entropy": difference(forward + [len(tok)], logit),
               "values": difference(forward, value)}
     for name, bound in bounds.items():
