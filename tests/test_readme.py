@@ -18,3 +18,19 @@ def test_quick_start_is_two_lines_and_ci_runs_the_test_line():
     ci_commands = [line for line in (ROOT / ".ci/run").read_text().splitlines()
                    if line.strip() and not line.startswith("#")]
     assert install_and_test in ci_commands
+
+
+def test_no_path_outside_the_repository():
+    """A user who clones the repository has only the repository: no ``../`` path in the README, and
+    no file the project tracks names a path outside it (another machine's home or work folder)."""
+    import re
+    import subprocess
+
+    assert "../" not in (ROOT / "README.md").read_text(), "README.md names a path outside the repository"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    texts = [name for name in tracked if name.endswith((".py", ".md", ".toml", ".ini", ".cfg", ".yaml", ".yml", ".json"))
+             and not name.startswith("results/")]  # result files record the machine's own run folders
+    outside = re.compile(r"\.\./shared|(?<![\w.])/(work|home|root|Users)/\w")
+    found = [f"{name}:{i}" for name in texts for i, line in enumerate((ROOT / name).read_text().splitlines(), 1)
+             if outside.search(line)]
+    assert not found, f"paths outside the repository: {found}"
