@@ -40,6 +40,7 @@ from tqdm import tqdm
 import algorithms
 from algorithms.base import Normalizers
 from rlft.batch import Batch
+from rlft.cpu import warn_if_bf16_is_slow
 from rlft.data import Problem, format_prompt, load
 from rlft.distributed import all_sum, all_true
 from rlft.engines import ENGINES, check_engine_args, resolve_engine
@@ -184,6 +185,7 @@ class Trainer:
         model, self.tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
         if cfg.threads or sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
             torch.set_num_threads(cfg.threads or 1)
+        warn_if_bf16_is_slow(cfg.dtype, self.accelerator.device)
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.policy = PolicyWithValue(model) if self.algorithm.needs.value_head else model
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=0.0)
