@@ -109,7 +109,7 @@ def tabular_plot(curves: pd.DataFrame, path: Path) -> None:
 # ------------------------------------------------------------------------------- LM sweeps
 #: Leading summary.csv columns of an LM sweep (after algo, offpolicy, seed and the grid keys).
 LM_COLUMNS = ["status", "error", "initial_accuracy", "final_accuracy", "final_greedy_accuracy", "final_kl_ref",
-              "final_objective", "optimal_objective", "final_objective_gap", "objective_beta", "initial_objective",
+              "final_logratio_offpolicy", "final_objective", "optimal_objective", "final_objective_gap", "objective_beta", "initial_objective",
               "canonical_share", "final_reward", "final_reward_onpolicy", "tokens_per_s", "steps_done", "seconds"]
 
 
@@ -298,9 +298,10 @@ def lm_table(summary: pd.DataFrame, manifest: dict[str, Any]) -> str:
     lines += ["", f"Means over seeds. Test accuracy: sampled, at step 0 -> last step; greedy: the same at "
               f"temperature 0; J: the objective at the last step, J*: its optimum; reward: training reward over "
               f"the last {window} steps (all groups; off-policy groups included); KL: KL(pi || pi_ref) on test "
-              "samples at the last step.", ""]
+              "samples at the last step; log pi/mu: the mean log-ratio on the off-policy training samples over the last "
+              f"{window} steps (the drift off the data; '-' on-policy).", ""]
     detail = ["algo", *grid, "offpolicy", "seeds ok", "test accuracy", "greedy accuracy", "J", "J*", "gap",
-              "reward", "KL to pi_ref", "tokens/s", "failed"]
+              "reward", "KL to pi_ref", "log pi/mu", "tokens/s", "failed"]
     lines.append("| " + " | ".join(detail) + " |")
     lines.append("|---" * len(detail) + "|")
     header = ["algo", *grid]
@@ -315,7 +316,8 @@ def lm_table(summary: pd.DataFrame, manifest: dict[str, Any]) -> str:
                 _mean(good.get("final_objective", pd.Series(dtype=float)), 3),
                 _mean(good.get("optimal_objective", pd.Series(dtype=float)), 3),
                 _mean(good.get("final_objective_gap", pd.Series(dtype=float)), 3),
-                _mean(good["final_reward"], 3), _mean(good["final_kl_ref"], 4), _mean(good["tokens_per_s"], 0),
+                _mean(good["final_reward"], 3), _mean(good["final_kl_ref"], 4),
+                _mean(good.get("final_logratio_offpolicy", pd.Series(dtype=float)), 3), _mean(good["tokens_per_s"], 0),
                 str(len(every) - len(good))]) + " |")
     failures = frame[frame["status"] != "ok"]
     if len(failures):

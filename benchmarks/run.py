@@ -309,8 +309,23 @@ def final_metrics(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         "final_eval_step": last.get("step"),
         "final_reward": mean("reward", window),
         "final_reward_onpolicy": mean("reward_onpolicy", window),
+        # the drift off the data: mean log pi(y)/mu(y) on the off-policy samples of the last quarter
+        "final_logratio_offpolicy": mean("ell_offpolicy", window),
         "tokens_per_s": mean("tokens_per_s", train),
     }
+
+
+def refresh_record(store: ResultStore, cell: Cell) -> bool:
+    """Give a finished cell stored by an earlier rlft the summary columns added since, computed by
+    :func:`final_metrics` from its saved ``metrics.jsonl`` (nothing is retrained). True if it changed."""
+    record = store.record(cell.name)
+    metrics_path = store.run_dir(cell.name) / "metrics.jsonl"
+    if record is None or record.get("status") != "ok" or not metrics_path.exists():
+        return False
+    added = {k: v for k, v in final_metrics(read_metrics(metrics_path), cell.config.steps).items() if k not in record}
+    if added:
+        store.save(cell.name, {**record, **added})
+    return bool(added)
 
 
 def accelerate_launch(processes: int, *command: str) -> list[str]:
@@ -466,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return record is None or (args.retry_failed and record.get("status") != "ok")
 
     todo = [c for c in cells if pending(c)]
+    refreshed = sum(refresh_record(store, c) for c in cells if c not in todo)
+    if refreshed:
+        print(f"added the newer summary columns to {refreshed} finished cells (from their metrics.jsonl)", flush=True)
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done in {root}", flush=True)
     jobs = min(resolve_jobs(args, model), max(1, len(todo)))

@@ -150,6 +150,26 @@ def test_rerun_skips_done_cells_report_rebuilds_and_failed_cells_retry(killed_th
     assert redone == {p for p in stamps if p.startswith("algo=nan_algo")} and len(redone) == 4
 
 
+def test_cells_of_an_earlier_version_get_the_new_summary_columns(killed_then_rerun, tmp_path, monkeypatch, capsys):
+    """A finished cell whose record predates a summary column gets it from its metrics.jsonl on the
+    next run of the sweep, computed as for a new cell; nothing is retrained."""
+    out = tmp_path / "copy"
+    shutil.copytree(killed_then_rerun[0], out)
+    monkeypatch.syspath_prepend(str(TESTS))
+    offpolicy_cell = cell_name({"algo": "agro", "offpolicy": 1.0, "seed": 0, "agro.beta": 0.02})
+    path = out / "cells" / f"{offpolicy_cell}.json"
+    full = json.loads(path.read_text())
+    drift = full["final_logratio_offpolicy"]
+    steps = [json.loads(line) for line in (out / "runs" / offpolicy_cell / "metrics.jsonl").read_text().splitlines()]
+    last_quarter = [m["ell_offpolicy"] for m in steps if m["step"] > 4]  # 6 steps: the last ceil(6/4) = 2
+    assert drift == pytest.approx(sum(last_quarter) / len(last_quarter), rel=1e-12) and drift != 0
+    path.write_text(json.dumps({k: v for k, v in full.items() if k != "final_logratio_offpolicy"}))
+    run.main([*SWEEP, "--out", str(out)])
+    assert "added the newer summary columns to 1 finished cells" in capsys.readouterr().out
+    assert json.loads(path.read_text()) == full
+    assert "final_logratio_offpolicy" in (out / "summary.csv").read_text().splitlines()[0]
+
+
 # --------------------------------------------------------------------- grid and naming
 def cells_of(*argv: str) -> list[run.Cell]:
     args = run.parse_args(list(argv))
