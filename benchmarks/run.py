@@ -3,6 +3,9 @@
     python -m benchmarks.run --algos agro,grpo --offpolicy 0,0.5,1
     python -m benchmarks.run --algos agro,grpo --grid beta=0.05,0.5 --grid agro.baseline=mean,loo
     python -m benchmarks.report results/sweep       # rebuild the tables and plots from the files
+    python -m benchmarks.run --config sweep.yaml --seeds 0,1   # a recipe; flags override it
+
+Every TrainConfig field but the cell axes is a flag (derived from rlft/config.py).
 
 Each cell trains the model (default: the tiny preset on arith:ops=+-) with rlft.trainer.Trainer,
 --jobs N cells at a time in worker processes pinned to their share of the cores (default: one
@@ -93,85 +96,95 @@ class Cell:
         return cell_name(self.keys)
 
 
-def parse_args(argv: Sequence[str] | None):
-    d = TrainConfig(**SWEEP_DEFAULTS)
-    p = cli.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                           formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+#: TrainConfig fields the sweep sets itself (the cell axes, its folders) or has a flag of its own for.
+SWEEP_OWNED = ("algo", "algo_args", "offpolicy", "seed", "out", "initial_eval", "objective_beta", "engine_args")
+#: Every other TrainConfig field is a flag of the sweep (rlft/config.py: type, help), with the sweep's defaults.
+SWEEP_FLAGS = cli.flags_of(
+    TrainConfig, exclude=SWEEP_OWNED, defaults={**SWEEP_DEFAULTS, "eval_every": 0},
+    helps={"steps": "optimizer steps per cell",
+           "eval_every": "steps between test evaluations, besides step 0 and the last step (0: only those two)",
+           "model": "model preset (tiny, smollm2-135m), local folder or hub name"})
+
+
+def build_parser() -> cli.ConfigParser:
+    """The sweep's own flags, then every TrainConfig field that is not a cell axis (SWEEP_FLAGS)."""
+    p = cli.ConfigParser([SWEEP_FLAGS], prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--algos", default=",".join(algorithms.available()),
                    help="comma list of registered algorithm names or module:Class (default: all registered)")
     p.add_argument("--offpolicy", default="0,0.5,1",
                    help="comma list of off-policy shares in [0, 1]: the share of each batch's groups taken "
-                        "from the --behavior source (default 0,0.5,1)")
+                        "from the --behavior source")
     p.add_argument("--seeds", default=DEFAULT_SEEDS,
-                   help=f"comma list of seeds (default {DEFAULT_SEEDS}); the table's 95 %% intervals are t-intervals "
-                        "over them, and runs with the same seed share their data order (paired comparisons)")
+                   help="comma list of seeds; the table's 95 %% intervals are t-intervals over them, and runs "
+                        "with the same seed share their data order (paired comparisons)")
     p.add_argument("--compare-to", default="",
                    help="the algorithm the others are compared with, seed by seed (default: the first of --algos)")
     p.add_argument("--objective-beta", type=float, default=0.05,
                    help="beta of the reported objective J = E[r] - beta KL(pi || pi_ref) and its optimum J* "
-                        "(default 0.05; a --grid beta=... sets it per cell to the cell's beta)")
+                        "(a --grid beta=... sets it per cell to the cell's beta)")
     p.add_argument("--jobs", type=int, default=0,
                    help="cells trained at once, each in its own process pinned to its share of the CPU cores "
-                        "(default 0: fill the machine, one core per cell for models under 20M parameters such as "
+                        "(0: fill the machine, one core per cell for models under 20M parameters such as "
                         "the tiny preset, else 1)")
-    p.add_argument("--preset", "--model", dest="model", default=d.model,
-                   help="model preset (tiny, smollm2-135m), local folder or hub name (default tiny)")
-    p.add_argument("--dataset", default=d.dataset,
-                   help="data spec: arith, gsm8k[:PATH], math[:PATH], math500[:PATH], champ, rg:TASK, jsonl:PATH "
-                        "(default arith)")
-    p.add_argument("--behavior", default=d.behavior,
-                   help="off-policy source: ref (pi_ref samples, drawn once per prompt), stale:K (the policy "
-                        "K steps ago) or dataset:PATH (jsonl of prompt, completion, reward) (default ref)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps per cell (default {d.steps})")
-    p.add_argument("--groups", type=int, default=d.groups, help=f"prompts per step (default {d.groups})")
-    p.add_argument("--group-size", type=int, default=d.group_size,
-                   help=f"samples per prompt (default {d.group_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="steps between test evaluations; also at step 0 and the last step (default 0: only those two)")
-    p.add_argument("--eval-problems", type=int, default=d.eval_problems,
-                   help=f"test problems per evaluation (default {d.eval_problems})")
-    p.add_argument("--eval-samples", type=int, default=d.eval_samples,
-                   help=f"sampled completions per test problem, besides one greedy (default {d.eval_samples})")
-    p.add_argument("--save-every", type=int, default=d.save_every,
-                   help=f"steps between trainer checkpoints: a killed cell resumes from the last (default {d.save_every})")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="repeatable: sweep a TrainConfig field (lr=1e-5,3e-5), an algorithm hyper-parameter "
                         "of every algorithm that has it (beta=0.05,0.5) or of one algorithm (agro.baseline=mean,loo)")
-    p.add_argument("--engine", default=d.engine,
-                   help="rollout engine: hf (default), vllm or auto (see python -m rlft.train --help)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="repeatable keyword argument of the rollout engine (see python -m rlft.train --help)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: 1 for models under 20M parameters, such as the tiny "
-                        "preset, which is fastest for them on a shared CPU, else torch's default)")
     p.add_argument("--out", default="",
                    help="sweep directory (default results/sweep, plus a suffix per non-default setting)")
     p.add_argument("--processes", type=int, default=1,
-                   help="training processes per cell (default 1: in this process). N > 1 launches each cell "
+                   help="training processes per cell (1: in this process). N > 1 launches each cell "
                         "with `accelerate launch --multi_gpu --num_processes N -m rlft.train` (DDP; on a "
                         "machine without GPUs, N CPU processes over gloo); --groups must be a multiple of N")
     p.add_argument("--retry-failed", action="store_true",
                    help="rerun the cells recorded as failed (each resumes from its checkpoint, if any)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each finished cell's final checkpoint (default: delete it once the cell is recorded)")
-    return p.parse_args(argv)
+    p.add_argument("--config", metavar="FILE",
+                   help="a recipe: a YAML mapping of the flags above by name (algos: [agro, grpo], offpolicy: "
+                        "[0, 1], grid: {beta: [0.05, 0.5]}, engine_args: {...}); flags given with it override it")
+    return p
+
+
+def recipe_as_flags(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A sweep recipe's values in the flags' form: lists as comma lists, ``grid`` as ``KEY=V1,V2``
+    items, ``engine_args`` as ``--engine-arg`` items."""
+    def comma(value: Any) -> Any:
+        return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    flags = {k.replace("-", "_"): v for k, v in recipe.items() if k not in ("grid", "engine_args")}
+    flags.update({k: comma(flags[k]) for k in ("algos", "offpolicy", "seeds") if k in flags})
+    grid = recipe.get("grid", [])
+    if isinstance(grid, dict):
+        grid = [f"{key}={comma(values)}" for key, values in grid.items()]
+    if grid:
+        flags["grid"] = list(grid)
+    if "engine_args" in recipe:
+        if not isinstance(recipe["engine_args"], dict):
+            raise UsageError(f"--config: engine_args must be a mapping of names to values, got {recipe['engine_args']!r}")
+        flags["engine_arg"] = [f"{k}={v}" for k, v in recipe["engine_args"].items()]
+    return flags
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = build_parser()
+    known = [a.dest for a in parser._actions if a.dest not in ("help", "config")] + ["engine_args"]
+    return cli.parse_with_recipe(parser, argv, known=known + [k.replace("_", "-") for k in known],
+                                 adapt=recipe_as_flags)[0]
 
 
 # ------------------------------------------------------------------------------- settings
 def base_settings(args) -> dict[str, Any]:
     """The TrainConfig fields every cell shares before grid values (saved in sweep.json)."""
     settings = dataclasses.asdict(TrainConfig(**SWEEP_DEFAULTS))
-    settings.update(model=args.model, dataset=args.dataset, behavior=args.behavior, steps=args.steps,
-                    groups=args.groups, group_size=args.group_size, lr=args.lr,
-                    eval_every=args.eval_every or args.steps,
-                    eval_problems=args.eval_problems, eval_samples=args.eval_samples,
-                    save_every=args.save_every, engine=args.engine, threads=args.threads,
+    settings.update({f.name: getattr(args, f.name) for f in dataclasses.fields(SWEEP_FLAGS)})
+    settings.update(eval_every=args.eval_every or args.steps,
                     engine_args={k: literal(v) for k, v in parse_hp(args.engine_arg, "--engine-arg").items()})
     # write the completion budget out, so every config.json states it
-    settings["max_new_tokens"] = TrainConfig(model=args.model).completion_budget
+    settings["max_new_tokens"] = TrainConfig(model=args.model, max_new_tokens=args.max_new_tokens).completion_budget
     for name in NOT_GRIDDABLE:
-        if name not in ("model", "dataset", "engine", "engine_args"):
+        if name not in ("model", "dataset", "engine", "engine_args", "report_to"):
             settings.pop(name)
     return settings
 

@@ -1,6 +1,9 @@
 """Train one model with one algorithm on math problems, on-policy, off-policy or mixed.
 
     python -m rlft.train --algo agro --preset tiny --offpolicy 0.5 --steps 100 --out runs/agro
+    python -m rlft.train --config recipe.yaml --steps 50    # a YAML recipe; flags override it
+
+Every flag is a field of rlft.config.TrainConfig (its type, default and help are defined there).
 
 Writes OUT/config.json, OUT/metrics.jsonl (one line per step; test-set evaluation every
 --eval-every steps) and OUT/checkpoint/. Rerunning the same command resumes from the checkpoint.
@@ -18,10 +21,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from rlft import cli
@@ -49,93 +50,37 @@ def literal(text: str) -> Any:
         return text
 
 
-def build_parser() -> cli.ArgumentParser:
-    d = TrainConfig()
-    p = cli.ArgumentParser(prog="python -m rlft.train", description=__doc__,
-                           formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", default=d.algo, help="registered algorithm name or module:Class (default agro)")
+#: TrainConfig fields set by plain flags (the dict fields have their KEY=VALUE flags --hp and --engine-arg)
+TRAIN_FLAGS = cli.flags_of(TrainConfig)
+
+
+def build_parser() -> cli.ConfigParser:
+    """Every TrainConfig field as a flag (rlft/config.py holds their types, defaults and help), plus
+    ``--hp``, ``--engine-arg`` and ``--config``."""
+    p = cli.ConfigParser([TRAIN_FLAGS], prog="python -m rlft.train", description=__doc__)
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                    help="algorithm hyper-parameter, repeatable (e.g. --hp beta=0.1 --hp baseline=loo)")
-    p.add_argument("--preset", "--model", dest="model", default=d.model,
-                   help="model preset (tiny, smollm2-135m), local folder or hub name (default tiny)")
-    p.add_argument("--dataset", default=d.dataset, help="data spec: arith, gsm8k[:PATH], math[:PATH], math500[:PATH], champ, rg:TASK, jsonl:PATH")
-    p.add_argument("--behavior", default=d.behavior, help="off-policy source: ref | stale:K | dataset:PATH (default ref)")
-    p.add_argument("--offpolicy", type=float, default=d.offpolicy, help="share of each batch's groups from the behaviour source, in [0, 1]")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    p.add_argument("--groups", type=int, default=d.groups, help="prompts per step")
-    p.add_argument("--group-size", type=int, default=d.group_size, help="samples per prompt")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (log-probs are scored at it)")
-    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling (1 keeps behaviour log-probs exact)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="completion budget; 0: 8 for tiny, else 256")
-    p.add_argument("--micro-groups", type=int, default=d.micro_groups, help="groups per micro-batch (0: whole batch)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between test evaluations")
-    p.add_argument("--eval-problems", type=int, default=d.eval_problems, help="test problems per evaluation")
-    p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="sampled completions per test problem")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--engine", default=d.engine, help="rollout engine: hf (default), vllm (needs vLLM, see "
-                   "DEVELOPERS.md) or auto (vllm if it imports and serves the model, else hf)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="repeatable keyword argument of the rollout engine, e.g. for vllm (passed to vllm.LLM) "
                         "--engine-arg tensor_parallel_size=2 --engine-arg gpu_memory_utilization=0.3; "
                         "values are Python literals (numbers, True/False) or strings")
-    p.add_argument("--dtype", default=d.dtype, help="float32 (default), bfloat16, or float64 for numerical checks")
-    p.add_argument("--recompute-behavior", default=d.recompute_behavior, choices=["auto", "on", "off"],
-                   help="replace the behaviour log-probs of on-policy samples by the trainer's own (pi_old) and "
-                        "correct the loss for the sampler-trainer mismatch (auto: when the engine's numerics "
-                        "differ from the trainer's, e.g. vllm, or the algorithm needs pi_old, e.g. ppo)")
-    p.add_argument("--rollout-correction", default=d.rollout_correction,
-                   choices=["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"],
-                   help="how ratio-based algorithms weight on-policy samples by pi_old / mu when the behaviour is "
-                        "recomputed: clamp the ratio to [min, max] (truncate) or zero it outside (mask), per "
-                        "token or per sequence (default sequence_mask, as TRL)")
-    p.add_argument("--rollout-correction-min", type=float, default=d.rollout_correction_min,
-                   help="lower end of the accepted ratio band (default 0)")
-    p.add_argument("--rollout-correction-max", type=float, default=d.rollout_correction_max,
-                   help="upper end of the accepted ratio band (default 3)")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
-    p.add_argument("--objective-beta", type=float, default=d.objective_beta,
-                   help="beta of the objective J = E[r] - beta KL(pi || pi_ref) reported at each evaluation "
-                        "(default 0.05)")
-    p.add_argument("--initial-eval", default=d.initial_eval, metavar="DIR",
-                   help="a folder where the step-0 evaluation of pi_ref is kept and reused by runs with the same "
-                        "evaluation settings (default: none, evaluate every time)")
-    p.add_argument("--report-to", default=d.report_to, choices=["none", "tensorboard", "wandb"],
-                   help="also send metrics to an accelerate tracker")
-    p.add_argument("--out", default=d.out, help="run directory (default runs/train)")
-    p.add_argument("--config", metavar="FILE", help="take every setting from FILE instead of the flags: a JSON "
-                   "object of the fields above (as in OUT/config.json, whose \"train\" entry is used); "
-                   "benchmarks.run --processes N launches its cells this way")
+    p.add_argument("--config", metavar="FILE",
+                   help="a recipe: a YAML (or JSON) mapping of the settings above by field name (algo_args and "
+                        "engine_args as mappings), e.g. an OUT/config.json; flags given with it override it")
     return p
 
 
 def config_from_args(argv: Sequence[str] | None) -> TrainConfig:
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    if args["config"]:
-        if vars(parser.parse_args(["--config", args["config"]])) != args:
-            raise UsageError("--config FILE takes every setting from FILE; give no other flags with it")
-        return config_from_file(Path(args["config"]), fields)
-    args["algo_args"] = parse_hp(args.pop("hp"))
-    args["engine_args"] = {key: literal(value) for key, value in parse_hp(args.pop("engine_arg"), "--engine-arg").items()}
-    return TrainConfig(**{k: v for k, v in args.items() if k in fields})
-
-
-def config_from_file(path: Path, fields: set[str]) -> TrainConfig:
-    """A TrainConfig from a JSON file of its fields (or an OUT/config.json: its "train" entry)."""
-    try:
-        settings = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--config {path}: cannot read a JSON object ({exc})") from None
-    settings = settings.get("train", settings) if isinstance(settings, dict) else None
-    if not isinstance(settings, dict):
-        raise UsageError(f"--config {path}: expected a JSON object of settings")
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise UsageError(f"--config {path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    """The run's TrainConfig: the recipe of ``--config`` (if any), overridden by the flags given."""
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    args, recipe = cli.parse_with_recipe(build_parser(), argv, known=fields)
+    settings = {k: v for k, v in vars(args).items() if k in fields}
+    for name, flag_items, values in (("algo_args", args.hp, str), ("engine_args", args.engine_arg, literal)):
+        from_file = recipe.get(name, {})
+        if not isinstance(from_file, dict):
+            raise UsageError(f"--config: {name} must be a mapping of names to values, got {from_file!r}")
+        given = parse_hp(flag_items, "--hp" if name == "algo_args" else "--engine-arg")
+        settings[name] = {**from_file, **{k: values(v) for k, v in given.items()}}
     return TrainConfig(**settings)
 
 

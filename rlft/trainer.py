@@ -29,7 +29,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from tqdm import tqdm
 import algorithms
 from algorithms.base import Normalizers
 from rlft.batch import Batch
+from rlft.config import TrainConfig
 from rlft.cpu import warn_if_bf16_is_slow
 from rlft.data import Problem, format_prompt, load
 from rlft.distributed import all_sum, all_true
@@ -55,101 +55,12 @@ from rlft.objective import log_partition, objective
 from rlft.rewards import Grader
 from rlft.sources import DatasetSource, EngineSource, Mixer, RefPoolSource, StaleSource, stable_seed
 
-#: Completion budget per model preset when ``max_new_tokens`` is 0 (arith answers are <= 6 tokens).
-DEFAULT_MAX_NEW_TOKENS = {"tiny": 8}
-FALLBACK_MAX_NEW_TOKENS = 256
 #: Below this many parameters one CPU thread is faster: kernel launch and thread sync dominate,
 #: and two threads contending with any other process slowed a tiny-preset step 10x here.
 SMALL_MODEL_PARAMS = 20_000_000
 
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on (saved as ``OUT/config.json``)."""
-
-    algo: str = "agro"
-    algo_args: dict[str, Any] = field(default_factory=dict)  # hyper-parameter overrides
-    model: str = "tiny"  # preset, local folder or hub name
-    dataset: str = "arith"
-    behavior: str = "ref"  # ref | stale:K | dataset:PATH
-    offpolicy: float = 0.0  # share of each batch's groups from the behaviour source
-    steps: int = 100
-    groups: int = 16  # prompts per step
-    group_size: int = 8  # samples per prompt
-    lr: float = 3e-5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 0  # 0: the preset's default (8 for tiny, else 256)
-    micro_groups: int = 0  # groups per micro-batch; 0: the whole batch at once
-    max_grad_norm: float = 1.0
-    eval_every: int = 25
-    eval_problems: int = 200
-    eval_samples: int = 4
-    save_every: int = 25
-    seed: int = 0
-    engine: str = "hf"  # auto | hf | vllm (or a plug-in)
-    engine_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the engine (vllm.LLM's)
-    report_to: str = "none"  # none | tensorboard | wandb (accelerate trackers)
-    out: str = "runs/train"
-    dtype: str = "float32"
-    threads: int = 0  # CPU threads for torch; 0: 1 for models under SMALL_MODEL_PARAMS, else torch's default
-    # the sampler-trainer mismatch of on-policy rows (rlft/rollout_correction.py)
-    recompute_behavior: str = "auto"  # auto | on | off: replace their behaviour log-probs by the trainer's pi_old
-    rollout_correction: str = "sequence_mask"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
-    rollout_correction_min: float = 0.0  # the band [min, max] of accepted pi_old / mu ratios
-    rollout_correction_max: float = 3.0
-    # the objective J(pi) = E[r] - objective_beta * KL(pi || pi_ref) reported at each evaluation (rlft/objective.py)
-    objective_beta: float = 0.05
-    initial_eval: str = ""  # a folder sharing the step-0 evaluation of pi_ref between runs (a sweep's cells)
-
-    def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):  # NaN passes every comparison below: refuse it first
-            value = getattr(self, item.name)
-            if isinstance(value, float) and math.isnan(value):
-                raise UsageError(f"{flag(item.name)} is NaN; give a number")
-        if not 0.0 <= self.offpolicy <= 1.0:
-            raise UsageError(f"{flag('offpolicy')} {self.offpolicy:g} is outside [0, 1]; it is the share of "
-                             "off-policy groups per batch")
-        for name in ("steps", "groups", "group_size", "eval_problems", "eval_samples", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_new_tokens", "micro_groups", "threads"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{flag(name)} must be >= 0 (0: automatic), got {getattr(self, name)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"{flag('top_p')} must be in (0, 1], got {self.top_p}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"{flag('lr')} must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise UsageError(f"{flag('temperature')} must be a finite number > 0 for training (log-probs are "
-                             f"scored at it), got {self.temperature}")
-        if self.recompute_behavior not in ("auto", "on", "off"):
-            raise UsageError(f"{flag('recompute_behavior')} must be auto, on or off, got {self.recompute_behavior!r}")
-        if self.rollout_correction not in rollout_correction.MODES:
-            raise UsageError(f"{flag('rollout_correction')} {self.rollout_correction!r} is unknown; use one of "
-                             f"{', '.join(rollout_correction.MODES)}")
-        if not 0.0 <= self.rollout_correction_min < self.rollout_correction_max:
-            raise UsageError(f"need 0 <= {flag('rollout_correction_min')} < {flag('rollout_correction_max')}, got "
-                             f"{self.rollout_correction_min:g} and {self.rollout_correction_max:g}")
-        if not (math.isfinite(self.objective_beta) and self.objective_beta > 0):
-            raise UsageError(f"{flag('objective_beta')} must be a finite number > 0, got {self.objective_beta}")
-        if self.dtype not in ("float32", "bfloat16", "float64"):
-            raise UsageError(f"{flag('dtype')} must be float32, bfloat16 or float64 (for numerical checks), "
-                             f"got {self.dtype!r}")
-
-    @property
-    def completion_budget(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(self.model, FALLBACK_MAX_NEW_TOKENS)
-
-
 #: What to do about a checkpoint whose trainer_state.json cannot be read.
 DAMAGED_CHECKPOINT = "delete OUT/checkpoint to start this run over (or pass another --out)"
-
-
-def flag(field: str) -> str:
-    """The command-line flag of TrainConfig field ``field`` (``group_size`` -> ``--group-size``), as
-    ``rlft.train`` and ``benchmarks.run`` spell it; error messages name settings by it."""
-    return "--" + field.replace("_", "-")
 
 
 class Trainer:
