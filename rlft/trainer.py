@@ -34,12 +34,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedType
+from accelerate.utils import set_seed
 from tqdm import tqdm
 
 import algorithms
 from algorithms.base import Normalizers
 from rlft.batch import Batch
 from rlft.config import TrainConfig
+from rlft.checkpoint import restore_rng_states, rng_states
 from rlft.cpu import warn_if_bf16_is_slow
 from rlft.data import Problem, format_prompt, load
 from rlft.distributed import all_sum, all_true
@@ -92,7 +94,7 @@ class Trainer:
         self.train_set = load(cfg.dataset, "train", seed=cfg.seed)
         # the same test problems for every seed, so seeds differ only in training
         self.test_set = load(cfg.dataset, "test", seed=0, limit=cfg.eval_problems)
-        torch.manual_seed(cfg.seed)
+        set_seed(cfg.seed)  # Python's, NumPy's and torch's global generators
         model, self.tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
         if cfg.threads or sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
             torch.set_num_threads(cfg.threads or 1)
@@ -394,7 +396,8 @@ class Trainer:
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, step: int) -> None:
         """Replace ``OUT/checkpoint`` atomically: policy (+ value head), optimizer, step (main process),
-        and each process's behaviour source (``behavior-RANK.pt``: its own ref pool or snapshots)."""
+        each process's behaviour source (``behavior-RANK.pt``: its own ref pool or snapshots) and its
+        global RNG states (``rng-RANK.pt``, :mod:`rlft.checkpoint`)."""
         tmp, final, old = self.out / "checkpoint.tmp", self.out / "checkpoint", self.out / "checkpoint.old"
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -403,6 +406,7 @@ class Trainer:
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "trainer.pt")
         self.accelerator.wait_for_everyone()
         torch.save(self.behavior.state_dict(), tmp / f"behavior-{self.rank}.pt")
+        torch.save(rng_states(), tmp / f"rng-{self.rank}.pt")
         self.accelerator.wait_for_everyone()
         if self.is_main:
             (tmp / "trainer_state.json").write_text(json.dumps(
@@ -433,6 +437,8 @@ class Trainer:
         extra = torch.load(path / "trainer.pt", weights_only=False)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.behavior.load_state_dict(torch.load(path / f"behavior-{self.rank}.pt", weights_only=False))
+        if (path / f"rng-{self.rank}.pt").exists():  # checkpoints of rlft before 2026-12 have none
+            restore_rng_states(torch.load(path / f"rng-{self.rank}.pt", weights_only=False))
         self.engine.load_weights(self.model.state_dict())  # an engine with its own copy (vllm) takes the checkpoint
         self.engine.version = state["engine_version"]
         self.start_step = state["step"]
