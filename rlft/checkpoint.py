@@ -1,20 +1,45 @@
-"""What a checkpoint keeps besides weights and optimizer: every random number generator's state.
+"""A run folder and its checkpoint: what is saved, how it is replaced, how a run resumes.
+
+``OUT/config.json`` holds the run's settings; a rerun with other settings is refused. Every
+``save_every`` steps ``OUT/checkpoint/`` is replaced atomically (written as ``checkpoint.tmp``, then
+two renames; a kill between them leaves ``checkpoint.old``, which the next start restores):
+
+    model.safetensors, config, tokenizer  the policy (+ value_head.pt), a normal HF folder
+    trainer.pt                           the optimizer state
+    behavior-RANK.pt                     each process's behaviour source (its ref pool or snapshots)
+    rng-RANK.pt                          each process's global RNG states
+    trainer_state.json                   step, engine version, process count (written last)
 
 The trainer's own draws (data order, the on/off-policy mix, sampling, mini-batches) are seeded from
-``(seed, purpose, step)`` (``rlft.sources.stable_seed``), so they need no saved state. Anything that
+``(seed, purpose, step)`` (``rlft.sources.stable_seed``) and need no saved state. Anything that
 draws from a global generator instead (dropout in a model, a plug-in algorithm calling
 ``random.random()``, ``numpy.random`` or ``torch.rand``) continues after a resume exactly as in an
-uninterrupted run because these states are saved with each checkpoint, per process, and restored
-on resume: what ``accelerate``'s ``save_state`` / ``load_state`` keep of the RNGs.
+uninterrupted run because those states are saved and restored: what ``accelerate``'s
+``save_state`` / ``load_state`` keep of the RNGs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from rlft.config import TrainConfig
+from rlft.errors import UsageError
+from rlft.files import atomic_write_text, read_json
+from rlft.policy import load_policy, save_policy
+
+if TYPE_CHECKING:
+    from rlft.trainer import Trainer
+
+#: What to do about a checkpoint whose trainer_state.json cannot be read.
+DAMAGED_CHECKPOINT = "delete OUT/checkpoint to start this run over (or pass another --out)"
 
 
 def rng_states() -> dict[str, Any]:
@@ -30,3 +55,97 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def prepare_run_folder(trainer: Trainer) -> None:
+    """Write config.json, or resume: check it matches and load the checkpoint (every process)."""
+    config_path = trainer.out / "config.json"
+    settings = {"train": dataclasses.asdict(trainer.config),
+                "algorithm": dataclasses.asdict(trainer.algorithm.config)}
+    if config_path.exists():
+        saved = read_json(config_path, "restore it, or pass another --out (or delete that run)")
+        mine = json.loads(json.dumps(settings, default=str))
+        defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig()), default=str))
+        # a setting added to rlft after that run was made had its default value there
+        if {**defaults, **saved["train"], "steps": 0} != {**mine["train"], "steps": 0}:
+            raise UsageError(f"{trainer.out} holds a run with other settings; use another --out or delete it")
+    trainer.accelerator.wait_for_everyone()  # all have read it before it is rewritten
+    if trainer.is_main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps(settings, indent=1, default=str))
+        (trainer.out / "error.json").unlink(missing_ok=True)
+        if not (trainer.out / "checkpoint").exists() and (trainer.out / "checkpoint.old").exists():
+            (trainer.out / "checkpoint.old").rename(trainer.out / "checkpoint")  # killed between two renames
+        if not (trainer.out / "checkpoint" / "trainer_state.json").exists():
+            (trainer.out / "metrics.jsonl").unlink(missing_ok=True)
+    trainer.accelerator.wait_for_everyone()
+    if (trainer.out / "checkpoint" / "trainer_state.json").exists():
+        load_checkpoint(trainer)
+
+
+def save_checkpoint(trainer: Trainer, step: int) -> None:
+    """Replace ``OUT/checkpoint`` atomically: policy (+ value head), optimizer, step (main process),
+    each process's behaviour source (``behavior-RANK.pt``: its own ref pool or snapshots) and its
+    global RNG states (``rng-RANK.pt``)."""
+    tmp, final, old = trainer.out / "checkpoint.tmp", trainer.out / "checkpoint", trainer.out / "checkpoint.old"
+    if trainer.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy = trainer.accelerator.unwrap_model(trainer.policy)
+        save_policy(tmp, trainer.model, trainer.tokenizer, getattr(policy, "value_head", None))
+        torch.save({"optimizer": trainer.optimizer.state_dict()}, tmp / "trainer.pt")
+    trainer.accelerator.wait_for_everyone()
+    torch.save(trainer.behavior.state_dict(), tmp / f"behavior-{trainer.rank}.pt")
+    torch.save(rng_states(), tmp / f"rng-{trainer.rank}.pt")
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_main:
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"step": step, "engine_version": trainer.engine.version, "processes": trainer.processes}))
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def checkpoint_step(out: Path) -> int | None:
+    """The step of the checkpoint in ``out/checkpoint``, or None if there is none."""
+    state = out / "checkpoint" / "trainer_state.json"
+    return read_json(state, DAMAGED_CHECKPOINT)["step"] if state.exists() else None
+
+
+def load_checkpoint(trainer: Trainer) -> None:
+    """Resume from ``OUT/checkpoint``: weights, optimizer, behaviour source, RNG states, step; drop the
+    metrics of later steps (they are redone identically)."""
+    path = trainer.out / "checkpoint"
+    state = read_json(path / "trainer_state.json", DAMAGED_CHECKPOINT)
+    if state.get("processes", 1) != trainer.processes:
+        raise UsageError(f"{trainer.out} was checkpointed with {state.get('processes', 1)} process(es); resume it "
+                         f"with the same number (this run has {trainer.processes}) or use another --out")
+    model, _, value_head = load_policy(path, dtype=getattr(torch, trainer.config.dtype))
+    trainer.model.load_state_dict(model.state_dict())
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    if value_head is not None and hasattr(policy, "value_head"):
+        policy.value_head.load_state_dict(value_head.state_dict())
+    extra = torch.load(path / "trainer.pt", weights_only=False)
+    trainer.optimizer.load_state_dict(extra["optimizer"])
+    trainer.behavior.load_state_dict(torch.load(path / f"behavior-{trainer.rank}.pt", weights_only=False))
+    if (path / f"rng-{trainer.rank}.pt").exists():  # checkpoints of rlft before 2026-12 have none
+        restore_rng_states(torch.load(path / f"rng-{trainer.rank}.pt", weights_only=False))
+    trainer.engine.load_weights(trainer.model.state_dict())  # an engine with its own copy (vllm) takes the checkpoint
+    trainer.engine.version = state["engine_version"]
+    trainer.start_step = state["step"]
+    # drop metrics of steps after the checkpoint: they are redone identically
+    if trainer.is_main:
+        lines = (trainer.out / "metrics.jsonl").read_text().splitlines() if (trainer.out / "metrics.jsonl").exists() else []
+        kept = [line for line in lines if _complete_record(line) and json.loads(line)["step"] <= trainer.start_step]
+        atomic_write_text(trainer.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+
+
+def _complete_record(line: str) -> bool:
+    """False for a line cut short by a kill while it was being appended."""
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False

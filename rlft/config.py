@@ -17,10 +17,8 @@ from typing import Any
 
 from rlft import rollout_correction
 from rlft.errors import UsageError
+from rlft.models import default_max_new_tokens
 
-#: Completion budget per model preset when ``max_new_tokens`` is 0 (arith answers are <= 6 tokens).
-DEFAULT_MAX_NEW_TOKENS = {"tiny": 8}
-FALLBACK_MAX_NEW_TOKENS = 256
 
 
 def setting(default: Any, help: str, **argparse: Any) -> Any:
@@ -47,6 +45,8 @@ class TrainConfig:
                          aliases=["--preset"])
     dataset: str = setting("arith", "data spec: arith[:ops=+-*,digits=2], gsm8k[:PATH], math[:PATH], "
                                     "math500[:PATH], champ, rg:TASK, jsonl:PATH")
+    reward: str = setting("math", "reward: a registered name (math: math-verify grading of the final answer, 0/1) "
+                                  "or package.module:Class, called as reward(completions, golds) -> [float]")
     behavior: str = setting("ref", "off-policy source: ref (pi_ref samples, drawn once per prompt), stale:K (the "
                                    "policy K steps ago) or dataset:PATH (jsonl of prompt, completion, reward)")
     offpolicy: float = setting(0.0, "share of each batch's groups from the behaviour source, in [0, 1]")
@@ -56,7 +56,7 @@ class TrainConfig:
     lr: float = setting(3e-5, "AdamW learning rate")
     temperature: float = setting(1.0, "sampling temperature (log-probs are scored at it)")
     top_p: float = setting(1.0, "nucleus sampling (1 keeps behaviour log-probs exact)")
-    max_new_tokens: int = setting(0, "completion budget; 0: the preset's (8 for tiny, else 256)")
+    max_new_tokens: int = setting(0, "completion budget; 0: the model preset's (8 for tiny, else 256)")
     micro_groups: int = setting(0, "groups per micro-batch (0: the whole batch at once)")
     max_grad_norm: float = setting(1.0, "gradient clipping norm")
     eval_every: int = setting(25, "steps between test evaluations (also at step 0 and the last step)")
@@ -131,7 +131,8 @@ class TrainConfig:
 
     @property
     def completion_budget(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(self.model, FALLBACK_MAX_NEW_TOKENS)
+        """``max_new_tokens``, or the model preset's default when it is 0 (``rlft.models``)."""
+        return self.max_new_tokens or default_max_new_tokens(self.model)
 
 
 

@@ -21,16 +21,22 @@ of a correct completion per problem, from which J* = beta E_x log Z(x) follows f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from rlft.batch import Batch
+from rlft.config import TrainConfig
 from rlft.data import Problem
+from rlft.distributed import all_sum
 from rlft.engines.base import RolloutEngine, SamplingParams
-from rlft.objective import canonical_token_ids, completion_rows, reference_correct_mass
+from rlft.files import atomic_write_text
+from rlft.objective import canonical_token_ids, completion_rows, log_partition, objective, reference_correct_mass
 from rlft.policy import score_completions, shared_prompt_rows
 from rlft.rewards import Grader
 from rlft.sources import stable_seed
@@ -141,3 +147,80 @@ def _canonical_logprob(ref_model: nn.Module, drawn, canonical: list[list[int]], 
     logprobs = score_completions(ref_model, prompt_ids.to(device), prompt_mask.to(device), ids.to(device),
                                  mask.to(device), temperature=temperature, share_prompts=False).logprobs
     return logprobs.double().sum(dim=1).cpu()
+
+
+@dataclass
+class Evaluator:
+    """A run's evaluations: this process's share of the test problems (every ``processes``-th),
+    evaluated by :func:`evaluate_policy` and all-reduced, with J(pi) at ``config.objective_beta``
+    and, at step 0 where pi is pi_ref, J* (``eval_optimal_objective``)."""
+
+    config: TrainConfig
+    engine: RolloutEngine
+    ref_model: nn.Module
+    tokenizer: Any
+    grader: Callable[[list[str], list[str]], list[float]]
+    test_set: Sequence[Problem]
+    prompt_fn: Callable[[str], str]
+    sampling: SamplingParams
+    rank: int
+    processes: int
+    device: torch.device
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy and sampled test accuracy, KL(pi || pi_ref), J(pi) (and J* at step 0)."""
+        return self._metrics(*self._sums(step))
+
+    def initial(self) -> dict[str, float]:
+        """The step-0 evaluation of pi_ref, read from the folder ``config.initial_eval`` when it holds
+        one made with the same evaluation settings (:meth:`key`, which names the file), else
+        computed (and written there). A sweep shares it between its cells: their pi_ref and
+        evaluation seeds are the same. One process only (with several, each evaluates its share)."""
+        key = self.key()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = (Path(self.config.initial_eval) / f"{digest}.json"
+                if self.config.initial_eval and self.processes == 1 else None)
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                saved = {}
+            if saved.get("key") == key:
+                return self._metrics(EvalSums(**saved["sums"]), torch.tensor(saved["p_correct"], dtype=torch.float64))
+        sums, masses = self._sums(0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"key": key, "sums": dataclasses.asdict(sums),
+                                                "p_correct": masses.tolist()}))
+        return self._metrics(sums, masses)
+
+    def key(self) -> dict[str, Any]:
+        """Everything the step-0 evaluation depends on (pi_ref is the model's initial weights)."""
+        cfg = self.config
+        return {"model": cfg.model, "dataset": cfg.dataset, "eval_problems": cfg.eval_problems,
+                "eval_samples": cfg.eval_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                "max_new_tokens": cfg.completion_budget, "dtype": cfg.dtype, "engine": cfg.engine,
+                "engine_args": json.loads(json.dumps(cfg.engine_args, default=str)),
+                "threads": torch.get_num_threads(), "torch": torch.__version__, "chunk_rows": CHUNK_ROWS,
+                # named only when not the default, so that folders made before rewards were pluggable keep theirs
+                **({"reward": cfg.reward} if cfg.reward != "math" else {})}
+
+    def _sums(self, step: int) -> tuple[EvalSums, torch.Tensor | None]:
+        """All-reduced evaluation sums; at step 0 also this process's p(x) per test problem."""
+        problems = self.test_set[self.rank::self.processes]
+        tag = () if self.processes == 1 else (self.rank,)
+        local, masses = evaluate_policy(self.engine, self.ref_model, self.tokenizer, self.grader, problems,
+                                        self.prompt_fn, self.sampling, self.config.eval_samples, (step, *tag),
+                                        self.device, reference_mass=step == 0)
+        total = all_sum(torch.tensor(local.as_list(), dtype=torch.float64, device=self.device)).tolist()
+        return EvalSums.from_list(total), masses
+
+    def _metrics(self, sums: EvalSums, masses: torch.Tensor | None) -> dict[str, float]:
+        beta = self.config.objective_beta
+        metrics = sums.metrics()
+        metrics["eval_objective"] = objective(metrics["eval_accuracy"], metrics["eval_kl_ref"], beta)
+        if masses is not None:
+            log_z = all_sum(torch.tensor([float(log_partition(masses, beta).sum()), float(len(masses))],
+                                         dtype=torch.float64, device=self.device)).tolist()
+            metrics["eval_optimal_objective"] = beta * log_z[0] / log_z[1]
+        return metrics

@@ -7,7 +7,11 @@
 * :func:`grade` returns 1.0 when the extracted answer is mathematically equivalent to the gold
   (``math_verify.verify``) and 0.0 otherwise; any error, a missing answer or an absurdly long one
   is 0.0, never 1.0.
-* :class:`Grader` grades a batch and caches parsed golds.
+* :class:`Grader` grades a batch and caches parsed golds: the ``math`` reward, the default.
+
+A reward is any class in :data:`REWARDS` (or ``--reward package.module:Class``) whose instances are
+called as ``reward(completions, golds) -> [float]``, one per completion; a task with another notion
+of correctness brings its own. The objective's optimum J* (rlft/objective.py) assumes a 0/1 reward.
 
 math-verify bounds its own run time with ``signal.alarm``, which only works on the main thread.
 We use that limit on the main thread only (:data:`MAIN_THREAD_TIMEOUT`); elsewhere we call it
@@ -30,6 +34,10 @@ import sympy
 from math_verify import parse, verify
 
 from rlft.errors import UsageError
+from rlft.registry import Registry
+
+#: Reward name -> class; third-party rewards register through the ``rlft.rewards`` entry-point group.
+REWARDS: Registry[type] = Registry("reward", "rlft.rewards")
 
 # Off the main thread we disable math-verify's signal-based timeouts on purpose (see the module
 # docstring); silence the warning it would log on first use.
@@ -225,6 +233,7 @@ def grade(completion: str, gold: str) -> float:
     return _grade_parsed(completion, gold_parsed)
 
 
+@REWARDS.register("math")
 class Grader:
     """Grades batches of completions, caching the parsed gold answers.
 

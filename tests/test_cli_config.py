@@ -16,7 +16,8 @@ from rlft.train import config_from_args
 ROOT = Path(__file__).parents[1]
 
 #: a valid value other than the default for every field (so that reaching it is visible)
-OTHER = dict(algo="grpo", model="some-org/some-model", dataset="gsm8k", behavior="stale:2", offpolicy=0.5, steps=7,
+OTHER = dict(algo="grpo", model="some-org/some-model", dataset="gsm8k", reward="half_reward:HalfReward",
+             behavior="stale:2", offpolicy=0.5, steps=7,
              groups=4, group_size=4, lr=1e-4, temperature=0.7, top_p=0.9, max_new_tokens=16, micro_groups=2,
              max_grad_norm=0.5, eval_every=3, eval_problems=10, eval_samples=2, save_every=3, seed=5, engine="vllm",
              report_to="tensorboard", out="runs/other", dtype="float64", threads=2, recompute_behavior="on",

@@ -92,6 +92,16 @@ def test_resume_restores_every_global_generator(tmp_path, monkeypatch):
     assert without_timing(resumed) == without_timing(json.loads(json.dumps(straight)))
 
 
+def test_a_plug_in_reward_replaces_math_grading(tmp_path, monkeypatch):
+    """--reward package.module:Class: the trainer and its evaluation grade with it (rlft.rewards.REWARDS)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    records = Trainer(small_config(tmp_path, steps=1, eval_every=1, reward="half_reward:HalfReward")).train()
+    assert records[0]["eval_accuracy"] == 0.5 and records[-1]["eval_accuracy"] == 0.5
+    assert records[-1]["reward"] == 0.5
+    with pytest.raises(UsageError, match="unknown reward 'nope'; known: math"):
+        Trainer(small_config(tmp_path / "other", reward="nope"))
+
+
 def test_ref_pool_reuses_the_same_samples(tmp_path):
     trainer = Trainer(small_config(tmp_path, offpolicy=1.0, steps=1))
     problems = trainer.problems_for_step(1)

@@ -24,10 +24,10 @@ from transformers import PreTrainedModel
 
 from rlft.errors import UsageError
 from rlft.models import smollm2, tiny  # noqa: F401  (registers the presets)
-from rlft.models.base import PRESETS, ModelAndTokenizer, default_cache_dir, ensure_pad, load_folder
+from rlft.models.base import PRESETS, ModelAndTokenizer, default_cache_dir, default_max_new_tokens, ensure_pad, load_folder
 from rlft.models.cache import MARKER
 
-__all__ = ["PRESETS", "ModelAndTokenizer", "build_info", "default_cache_dir", "load_model"]
+__all__ = ["PRESETS", "ModelAndTokenizer", "build_info", "default_cache_dir", "default_max_new_tokens", "load_model"]
 
 
 def load_model(

@@ -18,6 +18,14 @@ PresetLoader = Callable[[Path, torch.dtype], ModelAndTokenizer]
 
 #: Preset name -> loader. Third-party presets register through the ``rlft.models`` entry-point group.
 PRESETS: Registry[PresetLoader] = Registry("model preset", "rlft.models")
+#: A preset's completion budget when a run's ``max_new_tokens`` is 0, set where the preset registers.
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {}
+FALLBACK_MAX_NEW_TOKENS = 256
+
+
+def default_max_new_tokens(spec: str) -> int:
+    """The completion budget of model ``spec``: its preset's, else :data:`FALLBACK_MAX_NEW_TOKENS`."""
+    return DEFAULT_MAX_NEW_TOKENS.get(spec, FALLBACK_MAX_NEW_TOKENS)
 
 
 def default_cache_dir() -> Path:

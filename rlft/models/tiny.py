@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from rlft.errors import UsageError
-from rlft.models.base import PRESETS, ModelAndTokenizer, load_folder
+from rlft.models.base import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelAndTokenizer, load_folder
 
 #: The shipped weights and tokenizer of the tiny preset.
 TINY_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny"
@@ -54,6 +54,9 @@ def check_pinned(folder: Path, expected: dict[str, str]) -> None:
         if actual != digest:
             raise UsageError(f"{path} has sha256 {actual[:16]}..., not the pinned {digest[:16]}...: the file was "
                              f"changed or damaged; restore it (git checkout {folder}, or reinstall rlft)")
+
+
+DEFAULT_MAX_NEW_TOKENS["tiny"] = 8  # arith answers are <= 6 tokens
 
 
 @PRESETS.register("tiny")
