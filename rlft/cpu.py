@@ -55,3 +55,17 @@ def warn_if_bf16_is_slow(dtype: str, device: torch.device) -> None:
     if message:
         print(message, file=sys.stderr)
     _warned = True
+
+
+def main() -> None:
+    """``python -m rlft.cpu``: this CPU's float32 and bfloat16 matmul rates on one thread, and
+    whether the trainer would warn about ``--dtype bfloat16``."""
+    torch.set_num_threads(1)
+    fp32, bf16 = matmul_gflops(torch.float32, repeats=10), matmul_gflops(torch.bfloat16, repeats=10)
+    print(f"one thread, {PROBE_SIZE}x{PROBE_SIZE} matmul: float32 {fp32:.1f} GFLOP/s, bfloat16 {bf16:.1f} GFLOP/s "
+          f"(bfloat16 {fp32 / bf16:.2f}x the time of float32)")
+    print(bf16_warning(fp32, bf16) or "rlft: --dtype bfloat16 runs at native speed on this CPU (no warning)")
+
+
+if __name__ == "__main__":
+    main()
