@@ -354,8 +354,9 @@ def _facet_order(frame: pd.DataFrame) -> list[str]:
 
 def lm_plots(summary: pd.DataFrame, curves: pd.DataFrame, grid: Sequence[str], root: Path) -> list[Path]:
     """accuracy.png: test accuracy against step, one panel per off-policy share (rows: grid
-    points); final_accuracy.png: final test accuracy against off-policy share, one line per
-    algorithm (panels: grid points). Means over seeds with 95 % t-intervals; ``curves`` holds
+    points); drift.png: the mean log-ratio log pi/mu on the off-policy samples against step, for
+    the shares > 0; final_accuracy.png (objective_gap.png): final test accuracy (gap) against
+    off-policy share, one line per algorithm (panels: grid points). Means over seeds with 95 % t-intervals; ``curves`` holds
     the curves of the cells that finished ok."""
     plt, sns = _plotting()
     paths = []
@@ -373,6 +374,21 @@ def lm_plots(summary: pd.DataFrame, curves: pd.DataFrame, grid: Sequence[str], r
         g.savefig(root / "accuracy.png", dpi=100, bbox_inches="tight")
         plt.close(g.figure)
         paths.append(root / "accuracy.png")
+    drift = curves[(curves["offpolicy"] > 0) & curves["ell_offpolicy"].notna()] if "ell_offpolicy" in curves \
+        else curves.iloc[0:0]
+    if len(drift):
+        data = _with_facet(drift, grid)
+        g = sns.relplot(data=data, x="step", y="ell_offpolicy", hue="algo", col="offpolicy",
+                        row="grid" if grid else None, row_order=_facet_order(data) if grid else None,
+                        kind="line", errorbar=t_interval, height=3.2, aspect=1.15,
+                        facet_kws={"margin_titles": bool(grid)})
+        g.set_titles(row_template="{row_name}", col_template="offpolicy = {col_name}")
+        g.set_axis_labels("optimizer step", "mean log pi(y)/mu(y), off-policy y")
+        g.figure.suptitle("Drift off the data: the policy's log-ratio to the behaviour on its off-policy samples "
+                          "(0: still on the data), mean and 95 % t-interval over seeds", y=1.02)
+        g.savefig(root / "drift.png", dpi=100, bbox_inches="tight")
+        plt.close(g.figure)
+        paths.append(root / "drift.png")
     final = summary[summary["status"] == "ok"]
     if len(final):
         paths.append(_final_plot(final, grid, "final_accuracy", accuracy_interval, "final test accuracy (sampled)",

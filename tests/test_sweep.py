@@ -119,8 +119,9 @@ def test_summary_table_and_plots(killed_then_rerun):
     agro_rows = [line for line in table.splitlines() if line.startswith("| agro | 0.02 |")]
     assert agro_rows and "(n=2)" in agro_rows[0]
     assert "| nan_algo:ExplodingPG | - | - (2 failed) | - (2 failed) |" in table
-    for name in ("accuracy.png", "final_accuracy.png"):
+    for name in ("accuracy.png", "final_accuracy.png", "drift.png"):
         assert (out / name).read_bytes()[:8] == PNG
+    assert "| log pi/mu |" in table
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves.loc[curves["eval_accuracy"].notna(), "step"]) == {0, 3, 6}
 
