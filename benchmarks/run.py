@@ -54,6 +54,7 @@ import pandas as pd
 from tqdm import tqdm
 
 import algorithms
+from benchmarks import cluster
 from benchmarks import grid as grid_keys
 from benchmarks import report
 from benchmarks.grid import GridKey
@@ -137,6 +138,13 @@ def build_parser() -> cli.ConfigParser:
                    help="training processes per cell (1: in this process). N > 1 launches each cell "
                         "with `accelerate launch --multi_gpu --num_processes N -m rlft.train` (DDP; on a "
                         "machine without GPUs, N CPU processes over gloo); --groups must be a multiple of N")
+    p.add_argument("--executor", default="pool", choices=list(cluster.EXECUTORS),
+                   help="where cells train: pool (worker processes of this command, --jobs at a time), "
+                        "local or slurm (each cell a job through submitit; benchmarks/cluster.py)")
+    p.add_argument("--partition", default="", help="--executor slurm: the partition")
+    p.add_argument("--gpus-per-job", type=int, default=0, help="--executor slurm: GPUs per cell")
+    p.add_argument("--cpus-per-job", type=int, default=1, help="--executor slurm: CPU cores per cell")
+    p.add_argument("--time-limit", type=int, default=240, help="--executor local|slurm: minutes per cell")
     p.add_argument("--retry-failed", action="store_true",
                    help="rerun the cells recorded as failed (each resumes from its checkpoint, if any)")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -471,6 +479,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"--jobs must be >= 0 (0: fill the machine), got {args.jobs}")
     if args.jobs > len(usable_cores()):
         raise UsageError(f"--jobs {args.jobs} is more than the {len(usable_cores())} usable CPU cores")
+    if args.executor != "pool" and args.processes > 1:
+        raise UsageError("--executor local|slurm trains each cell in one process; drop --processes")
+    if args.executor != "pool":
+        cluster.check_executor(args.executor)
+    if args.time_limit < 1 or args.gpus_per_job < 0 or args.cpus_per_job < 1:
+        raise UsageError("--time-limit and --cpus-per-job must be >= 1 and --gpus-per-job >= 0")
     if args.processes > 1 and args.jobs > 1:
         raise UsageError("--jobs > 1 and --processes > 1 do not combine; run the cells one at a time (--jobs 1)")
     if args.compare_to and args.compare_to not in algos:
@@ -500,8 +514,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done in {root}", flush=True)
     jobs = min(resolve_jobs(args, model), max(1, len(todo)))
+    unfinished = 0
     try:
-        if jobs == 1:
+        if args.executor != "pool":
+            in_flight = args.jobs or (jobs if args.executor == "local" else max(1, len(todo)))
+            unfinished = cluster.run_as_jobs(store, todo, args, in_flight)
+        elif jobs == 1:
             run_here(store, todo, args)
         else:
             run_pooled(store, todo, args, jobs)
@@ -511,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = report.build(store)
     print(report.read_table(store))
     print("wrote " + ", ".join(str(p) for p in paths))
+    if unfinished:
+        print(f"error: {unfinished} cell(s) did not finish (their jobs were killed or timed out; see above); "
+              "rerun the same command to submit them again", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
