@@ -45,8 +45,6 @@ class TrainConfig:
                          aliases=["--preset"])
     dataset: str = setting("arith", "data spec: arith[:ops=+-*,digits=2], gsm8k[:PATH], math[:PATH], "
                                     "math500[:PATH], champ, rg:TASK, jsonl:PATH")
-    reward: str = setting("math", "reward: a registered name (math: math-verify grading of the final answer, 0/1) "
-                                  "or package.module:Class, called as reward(completions, golds) -> [float]")
     behavior: str = setting("ref", "off-policy source: ref (pi_ref samples, drawn once per prompt), stale:K (the "
                                    "policy K steps ago) or dataset:PATH (jsonl of prompt, completion, reward)")
     offpolicy: float = setting(0.0, "share of each batch's groups from the behaviour source, in [0, 1]")
@@ -85,6 +83,8 @@ class TrainConfig:
     rollout_correction_max: float = setting(3.0, "upper end of the accepted pi_old / mu band")
     objective_beta: float = setting(0.05, "beta of the objective J = E[r] - beta KL(pi || pi_ref) reported at each "
                                           "evaluation (rlft/objective.py)")
+    reward: str = setting("math", "reward: a registered name (math: math-verify grading of the final answer, 0/1) "
+                                  "or package.module:Class, called as reward(completions, golds) -> [float]")
     initial_eval: str = setting("", "a folder where the step-0 evaluation of pi_ref is kept and reused by runs with "
                                     "the same evaluation settings (a sweep's cells; empty: evaluate every time)")
 
