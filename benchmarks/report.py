@@ -209,12 +209,12 @@ def _difference_table(differences: Sequence[stats.Difference], grid: Sequence[st
     offpolicies = sorted({d.offpolicy for d in differences})
     rows: dict[tuple, dict[float, stats.Difference]] = {}
     for d in differences:
-        rows.setdefault((d.a, *d.point), {})[d.offpolicy] = d
+        rows.setdefault((d.a, d.b, *d.point), {})[d.offpolicy] = d
     header = ["algo", *grid, "compared"]
     lines = ["| " + " | ".join(header + [f"offpolicy {p:g}" for p in offpolicies]) + " |",
              "|---" * (len(header) + len(offpolicies)) + "|"]
-    for (a, *point), by_share in sorted(rows.items(), key=lambda item: tuple(_sort_key(str(v)) for v in item[0][1:])):
-        b = next(iter(by_share.values())).b
+    for (a, b, *point), by_share in sorted(rows.items(),
+                                           key=lambda item: tuple(_sort_key(str(v)) for v in (*item[0][2:], item[0][1]))):
         lines.append("| " + " | ".join([*point, f"{a} - {b}"] + [by_share[p].text() if p in by_share else "-"
                                                                   for p in offpolicies]) + " |")
     return lines

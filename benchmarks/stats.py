@@ -100,7 +100,9 @@ def versus_algorithm(frame: pd.DataFrame, value: str, reference: str, grid: Sequ
 
     ``frame`` holds the finished cells (columns algo, offpolicy, seed, the grid keys labelled with
     :data:`UNSET` where they do not apply, and ``value``). A reference row matches when its grid
-    values agree wherever both are set; a point the reference matches ambiguously is skipped.
+    values agree wherever both are set; where the reference has several variants that the point
+    leaves open (``agro.baseline=mean`` and ``loo`` against reinforce), each is compared, and
+    named in ``b`` (``"agro agro.baseline=loo"``).
     """
     out = []
     base = frame[frame["algo"] == reference]
@@ -108,10 +110,21 @@ def versus_algorithm(frame: pd.DataFrame, value: str, reference: str, grid: Sequ
         point = dict(zip(grid, values))
         for p, here in rows.groupby("offpolicy"):
             there = _matching(base[base["offpolicy"] == p], grid, point)
-            diffs = _paired(_by_seed(here, value), _by_seed(there, value))
-            if diffs:
-                out.append(Difference(algo, reference, (algo, *values), float(p), diffs))
+            for label, variant in _reference_variants(there, grid, point, reference):
+                diffs = _paired(_by_seed(here, value), _by_seed(variant, value))
+                if diffs:
+                    out.append(Difference(algo, label, (algo, *values), float(p), diffs))
     return out
+
+
+def _reference_variants(rows: pd.DataFrame, grid: Sequence[str], point: dict, reference: str) -> list[tuple]:
+    """``[(label, rows)]``: the reference's rows split by the grid keys that ``point`` leaves unset
+    but the reference sets, one group per variant; just ``[(reference, rows)]`` if there are none."""
+    free = [key for key in grid if point[key] == UNSET and (rows[key] != UNSET).any()]
+    if not free:
+        return [(reference, rows)]
+    return [(" ".join([reference, *(f"{k}={v}" for k, v in zip(free, values))]), group)
+            for values, group in rows.groupby(free, sort=True)]
 
 
 def versus_share(frame: pd.DataFrame, value: str, grid: Sequence[str]) -> list[Difference]:

@@ -369,3 +369,20 @@ def test_paired_differences_resolve_what_the_seeds_agree_on():
     assert share.point == ("y",) and not share.resolved  # +0.05, -0.05, +0.01: the seeds disagree
     [gain] = [g for g in stats.gains(frame, [], 0.0) if g.point == ("x",)]
     assert gain.values == pytest.approx((0.2, 0.3, 0.1))
+
+
+def test_an_algorithm_is_compared_with_each_variant_of_the_reference():
+    """A grid key of the reference algorithm only (agro.baseline) gives one comparison per value."""
+    from benchmarks import stats
+
+    rows = []
+    for seed in range(3):
+        rows += [{"algo": "agro", "agro.baseline": "mean", "offpolicy": 1.0, "seed": seed, "final_accuracy": 0.4 + seed / 10},
+                 {"algo": "agro", "agro.baseline": "loo", "offpolicy": 1.0, "seed": seed, "final_accuracy": 0.5 + seed / 10},
+                 {"algo": "grpo", "agro.baseline": stats.UNSET, "offpolicy": 1.0, "seed": seed,
+                  "final_accuracy": 0.6 + seed / 10 + (0.01, -0.01, 0.0)[seed]}]
+    differences = stats.versus_algorithm(pd.DataFrame(rows), "final_accuracy", "agro", ["agro.baseline"])
+    by_reference = {d.b: d for d in differences}
+    assert set(by_reference) == {"agro agro.baseline=loo", "agro agro.baseline=mean"}
+    assert by_reference["agro agro.baseline=mean"].values == pytest.approx((0.21, 0.19, 0.2))
+    assert by_reference["agro agro.baseline=loo"].values == pytest.approx((0.11, 0.09, 0.1))
