@@ -20,10 +20,10 @@ from rlft.errors import UsageError
 from rlft.models import default_max_new_tokens
 
 
-
 def setting(default: Any, help: str, **argparse: Any) -> Any:
     """A config field with its help text (and any other ``argparse.add_argument`` keyword, e.g.
-    ``aliases``) in its metadata, where ``HfArgumentParser`` reads them."""
+    ``aliases``) in its metadata, where ``HfArgumentParser`` reads them; a dict default is an
+    empty dict per instance."""
     if isinstance(default, dict):
         return field(default_factory=dict, metadata={"help": help, **argparse})
     return field(default=default, metadata={"help": help, **argparse})
