@@ -51,9 +51,10 @@ def make_executor(kind: str, folder, args) -> Any:
         executor.update_parameters(timeout_min=args.time_limit)
         return executor
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    executor.update_parameters(timeout_min=args.time_limit, gpus_per_node=args.gpus_per_job,
-                               cpus_per_task=args.cpus_per_job, tasks_per_node=1, nodes=1,
-                               slurm_partition=args.partition or None, name="rlft-cell")
+    optional = {**({"slurm_partition": args.partition} if args.partition else {}),
+                **({"gpus_per_node": args.gpus_per_job} if args.gpus_per_job else {})}
+    executor.update_parameters(timeout_min=args.time_limit, cpus_per_task=args.cpus_per_job, tasks_per_node=1,
+                               nodes=1, name="rlft-cell", **optional)
     return executor
 
 
