@@ -110,7 +110,14 @@ class LossOutput:
 
 
 def hp(default: Any, help: str, **kwargs: Any) -> Any:
-    """A documented hyper-parameter field: ``beta: float = hp(0.05, "KL strength")``."""
+    """A documented field: ``beta: float = hp(0.05, "KL strength")``; the help (and any other
+    ``argparse.add_argument`` keyword in ``kwargs``, e.g. ``aliases``) goes into its metadata, where
+    ``HfArgumentParser`` reads it. An algorithm's hyper-parameters and a run's settings
+    (``rlft.config.TrainConfig``) are declared with it. A dict default is an empty dict per instance."""
+    if isinstance(default, dict):
+        if default:
+            raise ValueError("hp: only an empty dict can be a default")
+        return field(default_factory=dict, metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
 
 

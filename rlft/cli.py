@@ -31,7 +31,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 class ConfigParser(HfArgumentParser):
     """transformers' ``HfArgumentParser`` (TRL's ``TrlParser`` is one too): one flag per field of
     each config dataclass given, named after it (``--group-size``, also ``--group_size``), typed by
-    its annotation, with the help text and aliases of its metadata (``rlft.config.setting``); errors
+    its annotation, with the help text and aliases of its metadata (``algorithms.base.hp``); errors
     are one line, as :class:`ArgumentParser`'s."""
 
     def __init__(self, dataclass_types, **kwargs: Any) -> None:

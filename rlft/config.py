@@ -1,6 +1,7 @@
 """The settings of one training run (``TrainConfig``): each defined once, with its help text.
 
-``rlft.train`` and ``benchmarks.run`` derive their flags from these fields (``rlft.cli.flags_of``,
+Each field is declared with ``algorithms.base.hp`` (default, help), as algorithm hyper-parameters
+are. ``rlft.train`` and ``benchmarks.run`` derive their flags from these fields (``rlft.cli.flags_of``,
 through transformers' ``HfArgumentParser``), a recipe file (``--config recipe.yaml``) sets them by
 name, and every run saves them in ``OUT/config.json``. Invalid values are one-line errors that name
 the flag (``--group-size``), raised when the config is built, before any model is loaded.
@@ -12,21 +13,13 @@ import dataclasses
 import functools
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from algorithms.base import hp
 from rlft import rollout_correction
 from rlft.errors import UsageError
 from rlft.models import default_max_new_tokens
-
-
-def setting(default: Any, help: str, **argparse: Any) -> Any:
-    """A config field with its help text (and any other ``argparse.add_argument`` keyword, e.g.
-    ``aliases``) in its metadata, where ``HfArgumentParser`` reads them; a dict default is an
-    empty dict per instance."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help, **argparse})
-    return field(default=default, metadata={"help": help, **argparse})
 
 
 def flag(name: str) -> str:
@@ -39,53 +32,53 @@ def flag(name: str) -> str:
 class TrainConfig:
     """Everything a run depends on (saved as ``OUT/config.json``)."""
 
-    algo: str = setting("agro", "registered algorithm name or module:Class")
-    algo_args: dict[str, Any] = setting({}, "algorithm hyper-parameter overrides (--hp KEY=VALUE)")
-    model: str = setting("tiny", "model preset (tiny, smollm2-135m), local folder or hub name",
+    algo: str = hp("agro", "registered algorithm name or module:Class")
+    algo_args: dict[str, Any] = hp({}, "algorithm hyper-parameter overrides (--hp KEY=VALUE)")
+    model: str = hp("tiny", "model preset (tiny, smollm2-135m), local folder or hub name",
                          aliases=["--preset"])
-    dataset: str = setting("arith", "data spec: arith[:ops=+-*,digits=2], gsm8k[:PATH], math[:PATH], "
+    dataset: str = hp("arith", "data spec: arith[:ops=+-*,digits=2], gsm8k[:PATH], math[:PATH], "
                                     "math500[:PATH], champ, rg:TASK, jsonl:PATH")
-    behavior: str = setting("ref", "off-policy source: ref (pi_ref samples, drawn once per prompt), stale:K (the "
+    behavior: str = hp("ref", "off-policy source: ref (pi_ref samples, drawn once per prompt), stale:K (the "
                                    "policy K steps ago) or dataset:PATH (jsonl of prompt, completion, reward)")
-    offpolicy: float = setting(0.0, "share of each batch's groups from the behaviour source, in [0, 1]")
-    steps: int = setting(100, "optimizer steps")
-    groups: int = setting(16, "prompts per step")
-    group_size: int = setting(8, "samples per prompt")
-    lr: float = setting(3e-5, "AdamW learning rate")
-    temperature: float = setting(1.0, "sampling temperature (log-probs are scored at it)")
-    top_p: float = setting(1.0, "nucleus sampling (1 keeps behaviour log-probs exact)")
-    max_new_tokens: int = setting(0, "completion budget; 0: the model preset's (8 for tiny, else 256)")
-    micro_groups: int = setting(0, "groups per micro-batch (0: the whole batch at once)")
-    max_grad_norm: float = setting(1.0, "gradient clipping norm")
-    eval_every: int = setting(25, "steps between test evaluations (also at step 0 and the last step)")
-    eval_problems: int = setting(200, "test problems per evaluation (the same for every seed)")
-    eval_samples: int = setting(4, "sampled completions per test problem, besides one greedy")
-    save_every: int = setting(25, "steps between checkpoints: a killed run resumes from the last")
-    seed: int = setting(0, "seed of the data order, sampling and initialisation")
-    engine: str = setting("hf", "rollout engine: hf, vllm (needs vLLM, see DEVELOPERS.md) or auto (vllm if it "
+    offpolicy: float = hp(0.0, "share of each batch's groups from the behaviour source, in [0, 1]")
+    steps: int = hp(100, "optimizer steps")
+    groups: int = hp(16, "prompts per step")
+    group_size: int = hp(8, "samples per prompt")
+    lr: float = hp(3e-5, "AdamW learning rate")
+    temperature: float = hp(1.0, "sampling temperature (log-probs are scored at it)")
+    top_p: float = hp(1.0, "nucleus sampling (1 keeps behaviour log-probs exact)")
+    max_new_tokens: int = hp(0, "completion budget; 0: the model preset's (8 for tiny, else 256)")
+    micro_groups: int = hp(0, "groups per micro-batch (0: the whole batch at once)")
+    max_grad_norm: float = hp(1.0, "gradient clipping norm")
+    eval_every: int = hp(25, "steps between test evaluations (also at step 0 and the last step)")
+    eval_problems: int = hp(200, "test problems per evaluation (the same for every seed)")
+    eval_samples: int = hp(4, "sampled completions per test problem, besides one greedy")
+    save_every: int = hp(25, "steps between checkpoints: a killed run resumes from the last")
+    seed: int = hp(0, "seed of the data order, sampling and initialisation")
+    engine: str = hp("hf", "rollout engine: hf, vllm (needs vLLM, see DEVELOPERS.md) or auto (vllm if it "
                                 "imports and serves the model, else hf), or a plug-in")
-    engine_args: dict[str, Any] = setting({}, "keyword arguments of the engine (--engine-arg KEY=VALUE)")
-    report_to: str = setting("none", "also send metrics to an accelerate tracker: none, tensorboard or wandb")
-    out: str = setting("runs/train", "run directory")
-    dtype: str = setting("float32", "float32, bfloat16 (fast only on CPUs with native bf16: README) or float64 "
+    engine_args: dict[str, Any] = hp({}, "keyword arguments of the engine (--engine-arg KEY=VALUE)")
+    report_to: str = hp("none", "also send metrics to an accelerate tracker: none, tensorboard or wandb")
+    out: str = hp("runs/train", "run directory")
+    dtype: str = hp("float32", "float32, bfloat16 (fast only on CPUs with native bf16: README) or float64 "
                                     "for numerical checks")
-    threads: int = setting(0, "CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
+    threads: int = hp(0, "CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
     # the sampler-trainer mismatch of on-policy rows (rlft/rollout_correction.py)
-    recompute_behavior: str = setting(
+    recompute_behavior: str = hp(
         "auto", "auto, on or off: replace the behaviour log-probs of on-policy samples by the trainer's own "
         "(pi_old) and correct the loss for the sampler-trainer mismatch (auto: when the engine's numerics differ "
         "from the trainer's, e.g. vllm, or the algorithm needs pi_old, e.g. ppo)")
-    rollout_correction: str = setting(
+    rollout_correction: str = hp(
         "sequence_mask", "how ratio-based algorithms weight on-policy samples by pi_old / mu when the behaviour is "
         f"recomputed ({', '.join(rollout_correction.MODES)}): clamp the ratio to [min, max] (truncate) or zero it "
         "outside (mask), per token or per sequence")
-    rollout_correction_min: float = setting(0.0, "lower end of the accepted pi_old / mu band")
-    rollout_correction_max: float = setting(3.0, "upper end of the accepted pi_old / mu band")
-    objective_beta: float = setting(0.05, "beta of the objective J = E[r] - beta KL(pi || pi_ref) reported at each "
+    rollout_correction_min: float = hp(0.0, "lower end of the accepted pi_old / mu band")
+    rollout_correction_max: float = hp(3.0, "upper end of the accepted pi_old / mu band")
+    objective_beta: float = hp(0.05, "beta of the objective J = E[r] - beta KL(pi || pi_ref) reported at each "
                                           "evaluation (rlft/objective.py)")
-    reward: str = setting("math", "reward: a registered name (math: math-verify grading of the final answer, 0/1) "
+    reward: str = hp("math", "reward: a registered name (math: math-verify grading of the final answer, 0/1) "
                                   "or package.module:Class, called as reward(completions, golds) -> [float]")
-    initial_eval: str = setting("", "a folder where the step-0 evaluation of pi_ref is kept and reused by runs with "
+    initial_eval: str = hp("", "a folder where the step-0 evaluation of pi_ref is kept and reused by runs with "
                                     "the same evaluation settings (a sweep's cells; empty: evaluate every time)")
 
     def __post_init__(self) -> None:
