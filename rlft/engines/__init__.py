@@ -89,7 +89,7 @@ def resolve_engine(name: str, model=None) -> EngineFactory:
     Args:
         name: ``"hf"``; ``"vllm"`` (raises :class:`UsageError` with install instructions when vLLM
             does not import); ``"auto"``: vLLM if it imports and, when ``model`` is given, serves
-            it (architecture known to vLLM, float32 / bfloat16, single training process), else HF;
+            it (architecture known to vLLM, float32 / bfloat16), else HF;
             another registered engine or ``"package.module:Class"``.
         model: the model to serve, for ``"auto"``; without it ``"auto"`` returns a factory that
             decides when it is called with the model.

@@ -15,14 +15,30 @@ Same contract as :class:`~rlft.engines.hf.HFEngine` (see :mod:`rlft.engines.base
 * the model's own generation defaults are ignored (``generation_config="vllm"``);
 * a completion ends at the first stop token (kept, masked True) or after ``max_new_tokens``.
 
+Several training processes (DDP under ``accelerate launch``): every rank runs its own engine in
+its own process, as TRL's ``vllm_mode="colocate"`` does. Each engine is a whole model (tensor
+parallel size 1) on the rank's device share, samples the rank's own prompts and receives the new
+weights after every step like a single process's. vLLM's ``external_launcher`` executor (the
+in-process executor for torchrun-style launchers) takes ``RANK`` / ``LOCAL_RANK`` from the
+environment and builds its (size 1) groups over the trainer's torch.distributed world, which it
+finds already initialised; see :func:`distributed_options`.
+
 This module imports vLLM. ``ENGINES["vllm"]`` (see :mod:`rlft.engines`) imports it lazily, on
 first use, and :func:`rlft.engines.resolve_engine` turns a missing vLLM into a one-line
 :class:`~rlft.errors.UsageError`. vLLM must run in the trainer's process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here unless already set) so weights can be
-passed as tensors. On a CPU the engine also defaults ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``,
-``VLLM_CPU_KVCACHE_SPACE=1`` (GiB) and ``VLLM_CPU_OMP_THREADS_BIND`` to as many cores as torch
-uses when the first engine starts (``torch.get_num_threads()``: both cores of a 2-core machine
-by default); everywhere ``VLLM_LOGGING_LEVEL=WARNING``. vLLM then replaces
+passed as tensors. On a CPU the engine also defaults ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` and
+``VLLM_CPU_KVCACHE_SPACE=1`` (GiB); everywhere ``VLLM_LOGGING_LEVEL=WARNING``.
+
+Cores on a CPU: an in-process vLLM computes on the process's own torch threads. vLLM 0.32 reads
+``VLLM_CPU_OMP_THREADS_BIND`` only in its multiprocess executor (``OMPProcessManager`` in
+``vllm/utils/ompmultiprocessing.py``), which this engine cannot use, so the engine applies it
+itself (:func:`cpu_share`, :func:`bind_process`): this process's entry of the variable (vLLM's
+syntax: ``"0-3"`` for every rank, ``"0-1|2-3"`` one entry per local rank, ``"nobind"``: leave
+the threads alone), by default (unset or ``"auto"``) the ``LOCAL_RANK``-th of
+``LOCAL_WORLD_SIZE`` equal slices of the cores the process may use: all of them for one process,
+core r for rank r of 2 processes on 2 cores. Every thread of the process (training shares them)
+is pinned to those cores and torch uses at most that many threads. vLLM then replaces
 ``torch.set_num_threads`` by a no-op that warns, in the whole process.
 See DEVELOPERS.md ("vLLM on a CPU") for the vllm-cpu environment.
 """
@@ -35,7 +51,7 @@ import random
 import shutil
 import tempfile
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Mapping
 
 import torch
@@ -43,16 +59,78 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def _cpu_list(count: int) -> str:
-    """The first ``count`` cores this process may run on, as ``VLLM_CPU_OMP_THREADS_BIND`` wants them."""
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = list(range(os.cpu_count() or 1))
-    cores = cores[: max(1, count)]
+def _cpu_list(cores: list[int]) -> str:
+    """``cores`` as ``VLLM_CPU_OMP_THREADS_BIND`` writes them: ``"0-3"`` or ``"0,2,5"``."""
     if cores == list(range(cores[0], cores[-1] + 1)):
-        return f"{cores[0]}-{cores[-1]}"
+        return f"{cores[0]}-{cores[-1]}" if len(cores) > 1 else str(cores[0])
     return ",".join(map(str, cores))
+
+
+def _parse_cpu_list(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]`` (vLLM's syntax for one entry of ``VLLM_CPU_OMP_THREADS_BIND``)."""
+    cores: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cores.extend(range(int(first), int(last or first) + 1))
+    if not cores:
+        raise ValueError("no core")
+    return sorted(set(cores))
+
+
+def local_rank() -> tuple[int, int]:
+    """``(local rank, local world size)`` of this process: ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` as
+    torchrun and ``accelerate launch`` set them, else from torch.distributed (one node), else (0, 1)."""
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if joined else 1
+    rank = torch.distributed.get_rank() if joined else 0
+    return int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def cpu_share() -> list[int] | None:
+    """The cores this process's engine (and so its training: they share the threads) runs on, from
+    ``VLLM_CPU_OMP_THREADS_BIND`` (see the module docstring); ``None`` for ``"nobind"``."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = list(range(os.cpu_count() or 1))
+    rank, ranks = local_rank()
+    value = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto").strip()
+    if value == "nobind":
+        return None
+    if value == "auto":
+        if len(allowed) < ranks:  # fewer cores than processes: they share them round-robin
+            return [allowed[rank % len(allowed)]]
+        size = len(allowed) // ranks
+        return allowed[rank * size: (rank + 1) * size]
+    entries = value.split("|")
+    if len(entries) not in (1, ranks):
+        raise UsageError(f"VLLM_CPU_OMP_THREADS_BIND={value!r} has {len(entries)} entries separated by '|'; "
+                         f"give one for every process or {ranks} (one per local rank)")
+    entry = entries[rank if len(entries) > 1 else 0]
+    try:
+        return _parse_cpu_list(entry)
+    except ValueError:
+        raise UsageError(f"VLLM_CPU_OMP_THREADS_BIND={value!r}: {entry!r} is not a core list such as 0-3 or 0,2") \
+            from None
+
+
+def bind_process(cores: list[int]) -> None:
+    """Pin every thread of this process to ``cores`` and let torch use at most that many threads.
+
+    Threads started later inherit the affinity. Thread counts are only lowered, and only while
+    ``torch.set_num_threads`` still works (vLLM replaces it by a no-op when an engine starts).
+    """
+    try:
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: nothing to pin
+        return
+    for task in tasks:
+        try:
+            os.sched_setaffinity(task, cores)
+        except OSError:  # a thread that ended meanwhile
+            pass
+    if torch.get_num_threads() > len(cores) and torch.set_num_threads.__module__.startswith("torch"):
+        torch.set_num_threads(len(cores))
 
 
 def configure_environment() -> None:
@@ -133,10 +211,43 @@ def supports(model: PreTrainedModel) -> tuple[bool, str]:
     if sizes is not None and head_size not in sizes:
         return False, (f"attention head size {head_size}: vLLM's CPU attention takes "
                        f"{', '.join(map(str, sizes))}")
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        return False, "training runs in several processes (one in-process vLLM per rank is not supported)"
     return True, ""
+
+
+def distributed_options(llm_kwargs: Mapping[str, object]) -> dict[str, object]:
+    """The ``vllm.LLM`` options that make this process's engine one of several training ranks'.
+
+    Nothing with one process. Under several (torch.distributed initialised, world size > 1) each
+    rank runs a whole model (``tensor_parallel_size`` 1) with vLLM's ``external_launcher``
+    executor, as TRL's ``vllm_mode="colocate"``: it is the in-process executor (a subclass of the
+    uniprocess one) for engines started by torchrun-style launchers. Its worker reads ``RANK`` and
+    ``LOCAL_RANK`` (``RANK`` / ``WORLD_SIZE`` are set here from torch.distributed, as TRL sets them
+    from the accelerator; ``LOCAL_RANK`` where the launcher did not) and, finding
+    torch.distributed initialised, does not initialise it again: vLLM's model-parallel groups are
+    built over the trainer's world, each of size 1 here (2 ranks: 2 tensor-parallel groups [0], [1];
+    vllm/distributed/parallel_state.py, ``init_distributed_environment`` and
+    ``initialize_model_parallel``). At start-up it takes the minimum of the ranks' free KV-cache
+    memory (one all-reduce), so every rank must build its engine at the same point, as the
+    trainer does. vLLM's default (uniprocess) executor would reuse the trainer's world too, but
+    with local rank 0 on every process: on GPUs every rank's engine on ``cuda:0``.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1):
+        return {}
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    tp = int(llm_kwargs.get("tensor_parallel_size", 1) or 1)  # type: ignore[arg-type]
+    if tp != 1:
+        raise UsageError(f"--engine-arg tensor_parallel_size={tp} with {world} training processes: each rank runs "
+                         "its own whole engine (tensor_parallel_size=1); sharing one engine between ranks "
+                         "is not supported")
+    backend = llm_kwargs.get("distributed_executor_backend", "external_launcher")
+    if backend != "external_launcher":
+        raise UsageError(f"--engine-arg distributed_executor_backend={backend}: with {world} training processes "
+                         "every rank's engine runs in its own process (external_launcher)")
+    os.environ["RANK"] = str(rank)
+    os.environ["WORLD_SIZE"] = str(world)
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    return {"distributed_executor_backend": "external_launcher"}
 
 
 @contextmanager
@@ -156,6 +267,43 @@ def _preserve_global_rng() -> Iterator[None]:
             random.setstate(py_state)
             if np is not None:
                 np.random.set_state(np_state)
+
+
+@contextmanager
+def _keep_default_process_group() -> Iterator[None]:
+    """Let vLLM's shutdown destroy its own process groups but not the trainer's default one.
+
+    An in-process engine's shutdown (``EngineCore.shutdown`` -> ``cleanup_dist_env_and_memory``
+    in vllm/distributed/parallel_state.py) ends with ``torch.distributed.destroy_process_group()``:
+    with one process that is the group vLLM created itself, with several it is the trainer's,
+    which DDP still needs. Meanwhile only calls that name a subgroup go through.
+    """
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_subgroups_only(group=None):
+        if group is not None and group is not torch.distributed.group.WORLD:
+            destroy(group)
+
+    torch.distributed.destroy_process_group = destroy_subgroups_only
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = destroy
+
+
+@contextmanager
+def _save_on_this_rank(model: PreTrainedModel) -> Iterator[None]:
+    """Let ``model.save_pretrained`` write its files in this process whatever its torch.distributed rank.
+
+    transformers 5 writes them on rank 0 only (``should_save_on_this_rank`` in
+    transformers/distributed/mixin.py); every rank's engine loads its own folder (possibly on its
+    own node), so each rank writes one. The override is an instance attribute, removed afterwards.
+    """
+    model.should_save_on_this_rank = lambda is_main_process=True: True
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
 
 
 class VLLMEngine(RolloutEngine):
@@ -212,7 +360,8 @@ class VLLMEngine(RolloutEngine):
         # vLLM loads from a folder: the trainer's weights as they are now (not the preset's files).
         self._folder = tempfile.mkdtemp(prefix="rlft-vllm-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._folder, True)
-        model.save_pretrained(self._folder)
+        with _save_on_this_rank(model):
+            model.save_pretrained(self._folder)
         tokenizer.save_pretrained(self._folder)
         options = dict(
             model=self._folder,
@@ -229,10 +378,16 @@ class VLLMEngine(RolloutEngine):
             # With chunked prefill a prompt may be split over two steps; vLLM then rewinds the
             # request's seeded generator, which CPU generators cannot do. Whole prompts only:
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_model_len, 4096))
+        ranks = distributed_options(llm_kwargs)
+        #: whether this engine is one of several ranks' (torch.distributed was initialised by the trainer)
+        self.distributed = bool(ranks)
+        options.update(ranks)
         options.update(llm_kwargs)
-        # vLLM binds its OpenMP threads (the process's: training shares them) when its first engine
-        # starts, and ignores torch.set_num_threads afterwards. Default: as many cores as torch uses.
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_list(torch.get_num_threads()))
+        #: the cores this engine (and the training in its process) runs on; None: not pinned (or not a CPU)
+        self.cores = cpu_share() if current_platform.is_cpu() else None
+        if self.cores is not None:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_list(self.cores))
+            bind_process(self.cores)
         with _preserve_global_rng():
             self.llm = vllm.LLM(**options)
 
@@ -334,7 +489,8 @@ class VLLMEngine(RolloutEngine):
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             try:
-                llm.llm_engine.engine_core.shutdown()
+                with _keep_default_process_group() if self.distributed else nullcontext():
+                    llm.llm_engine.engine_core.shutdown()
             except Exception:  # noqa: BLE001 - best effort: the process may be exiting
                 pass
             del llm
