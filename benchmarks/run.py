@@ -492,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.processes < 1 or args.groups % args.processes:
         raise UsageError(f"--processes {args.processes}: need N >= 1 dividing --groups ({args.groups}); "
                          "each process takes whole groups")
+    if getattr(args, "fsdp", False) and args.processes < 2:
+        raise UsageError("--fsdp shards each cell over several processes: add --processes N (N >= 2)")
     grid = parse_grid(args.grid, algos)
     root = Path(args.out) if args.out else default_out(args, grid)
     cells = build_cells(args, grid, root)

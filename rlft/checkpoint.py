@@ -4,7 +4,9 @@
 ``save_every`` steps ``OUT/checkpoint/`` is replaced atomically (written as ``checkpoint.tmp``, then
 two renames; a kill between them leaves ``checkpoint.old``, which the next start restores):
 
-    model.safetensors, config, tokenizer  the policy (+ value_head.pt), a normal HF folder
+    model.safetensors, config, tokenizer  the policy (+ value_head.safetensors), a normal HF folder
+                                         (under --fsdp gathered from the shards; under --lora a peft
+                                         folder instead: adapter_config.json, adapter_model.safetensors)
     trainer.pt                           the optimizer state
     behavior-RANK.pt                     each process's behaviour source (its ref pool or snapshots)
     rng-RANK.pt                          each process's global RNG states
@@ -30,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rlft import fsdp, lora
 from rlft.config import TrainConfig
 from rlft.errors import UsageError
 from rlft.files import atomic_write_text, read_json
-from rlft.policy import load_policy, save_policy
+from rlft.policy import load_policy, load_value_head, save_policy, save_value_head
 
 if TYPE_CHECKING:
     from rlft.trainer import Trainer
@@ -88,11 +91,26 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
     each process's behaviour source (``behavior-RANK.pt``: its own ref pool or snapshots) and its
     global RNG states (``rng-RANK.pt``)."""
     tmp, final, old = trainer.out / "checkpoint.tmp", trainer.out / "checkpoint", trainer.out / "checkpoint.old"
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    value_head = getattr(policy, "value_head", None)
+    if trainer.config.fsdp:  # gathered by every process (collectives), written by the main one
+        states = {"model_state": fsdp.full_state_dict(trainer.model),
+                  "value_head_state": fsdp.full_state_dict(value_head) if value_head is not None else None}
+        optimizer = fsdp.full_optimizer_state_dict(policy, trainer.optimizer)
     if trainer.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        policy = trainer.accelerator.unwrap_model(trainer.policy)
-        save_policy(tmp, trainer.model, trainer.tokenizer, getattr(policy, "value_head", None))
-        torch.save({"optimizer": trainer.optimizer.state_dict()}, tmp / "trainer.pt")
+        if trainer.config.fsdp:
+            save_policy(tmp, trainer.model, trainer.tokenizer, **states)
+        elif trainer.peft_model is not None:  # a peft folder: the adapters only
+            lora.save_adapters(trainer.peft_model, tmp)
+            trainer.tokenizer.save_pretrained(tmp)
+            if value_head is not None:
+                save_value_head(tmp, value_head.state_dict())
+            optimizer = trainer.optimizer.state_dict()
+        else:
+            save_policy(tmp, trainer.model, trainer.tokenizer, value_head)
+            optimizer = trainer.optimizer.state_dict()
+        torch.save({"optimizer": optimizer}, tmp / "trainer.pt")
     trainer.accelerator.wait_for_everyone()
     torch.save(trainer.behavior.state_dict(), tmp / f"behavior-{trainer.rank}.pt")
     torch.save(rng_states(), tmp / f"rng-{trainer.rank}.pt")
@@ -122,17 +140,30 @@ def load_checkpoint(trainer: Trainer) -> None:
     if state.get("processes", 1) != trainer.processes:
         raise UsageError(f"{trainer.out} was checkpointed with {state.get('processes', 1)} process(es); resume it "
                          f"with the same number (this run has {trainer.processes}) or use another --out")
-    model, _, value_head = load_policy(path, dtype=getattr(torch, trainer.config.dtype))
-    trainer.model.load_state_dict(model.state_dict())
     policy = trainer.accelerator.unwrap_model(trainer.policy)
-    if value_head is not None and hasattr(policy, "value_head"):
-        policy.value_head.load_state_dict(value_head.state_dict())
     extra = torch.load(path / "trainer.pt", weights_only=False)
-    trainer.optimizer.load_state_dict(extra["optimizer"])
+    if trainer.peft_model is not None:  # the adapters (the frozen weights are the preset's)
+        lora.load_adapters(trainer.peft_model, path)
+        value_head = load_value_head(path)
+        if value_head is not None and hasattr(policy, "value_head"):
+            policy.value_head.load_state_dict(value_head.state_dict())
+        trainer.optimizer.load_state_dict(extra["optimizer"])
+    elif trainer.config.fsdp:
+        model, _, value_head = load_policy(path, dtype=getattr(torch, trainer.config.dtype))  # every process copies its shards out of the full tensors
+        fsdp.load_full_state_dict(trainer.model, model.state_dict())
+        if value_head is not None and hasattr(policy, "value_head"):
+            fsdp.load_full_state_dict(policy.value_head, value_head.state_dict())
+        fsdp.load_full_optimizer_state_dict(policy, trainer.optimizer, extra["optimizer"])
+    else:
+        model, _, value_head = load_policy(path, dtype=getattr(torch, trainer.config.dtype))
+        trainer.model.load_state_dict(model.state_dict())
+        if value_head is not None and hasattr(policy, "value_head"):
+            policy.value_head.load_state_dict(value_head.state_dict())
+        trainer.optimizer.load_state_dict(extra["optimizer"])
     trainer.behavior.load_state_dict(torch.load(path / f"behavior-{trainer.rank}.pt", weights_only=False))
     if (path / f"rng-{trainer.rank}.pt").exists():  # checkpoints of rlft before 2026-12 have none
         restore_rng_states(torch.load(path / f"rng-{trainer.rank}.pt", weights_only=False))
-    trainer.engine.load_weights(trainer.model.state_dict())  # an engine with its own copy (vllm) takes the checkpoint
+    trainer.engine.load_weights(trainer.full_weights())  # an engine with its own copy (vllm) takes the checkpoint
     trainer.engine.version = state["engine_version"]
     trainer.start_step = state["step"]
     # drop metrics of steps after the checkpoint: they are redone identically

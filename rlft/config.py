@@ -19,6 +19,7 @@ from typing import Any
 from algorithms.base import hp
 from rlft import rollout_correction
 from rlft.errors import UsageError
+from rlft.lora import parse_lora
 from rlft.models import default_max_new_tokens
 
 
@@ -63,6 +64,10 @@ class TrainConfig:
     dtype: str = hp("float32", "float32, bfloat16 (fast only on CPUs with native bf16: README) or float64 "
                                     "for numerical checks")
     threads: int = hp(0, "CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
+    fsdp: bool = hp(False, "shard the policy, its gradients and AdamW's state over the processes with torch's FSDP2 "
+                           "(under torchrun or accelerate launch; rlft/fsdp.py)")
+    lora: str = hp("", "train LoRA adapters only, through peft: r=16,alpha=32,targets=q_proj,v_proj (targets default "
+                       "all-linear; rlft/lora.py); empty: train every weight")
     # the sampler-trainer mismatch of on-policy rows (rlft/rollout_correction.py)
     recompute_behavior: str = hp(
         "auto", "auto, on or off: replace the behaviour log-probs of on-policy samples by the trainer's own "
@@ -101,6 +106,8 @@ class TrainConfig:
         for name in ("max_new_tokens", "micro_groups", "threads"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{flag(name)} must be >= 0 (0: automatic), got {getattr(self, name)}")
+        if self.lora:
+            parse_lora(self.lora)  # one line on a bad spec, before anything loads
         if not 0.0 < self.top_p <= 1.0:
             raise UsageError(f"{flag('top_p')} must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -2,9 +2,9 @@
 
 With one process (``python -m rlft.train``) every function here is the identity. Under
 ``accelerate launch --multi_gpu --num_processes N`` (DDP; on a machine without GPUs accelerate
-starts N CPU processes with the gloo backend) or an FSDP config, accelerate's ``Accelerator``
-initialises ``torch.distributed`` and each process (rank) holds ``groups / N`` whole groups of
-every batch. Losses stay correct because their denominators are global sums
+starts N CPU processes with the gloo backend) or ``torchrun --nproc-per-node N`` (DDP, or FSDP2
+with ``--fsdp``: :mod:`rlft.fsdp`), accelerate's ``Accelerator`` initialises ``torch.distributed``
+and each process (rank) holds ``groups / N`` whole groups of every batch. Losses stay correct because their denominators are global sums
 (:class:`algorithms.base.Normalizers`), and the trainer multiplies each rank's loss by N before
 the backward pass, since DDP and FSDP average gradients over ranks: the gradient applied is then
 the gradient of the whole batch's loss, exactly as with one process.

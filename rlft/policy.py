@@ -312,16 +312,38 @@ def save_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None = None,
     value_head: ValueHead | None = None,
+    *,
+    model_state: dict[str, Tensor] | None = None,
+    value_head_state: dict[str, Tensor] | None = None,
 ) -> None:
-    """Save a checkpoint folder: transformers model (+ tokenizer) (+ ``value_head.safetensors``)."""
+    """Save a checkpoint folder: transformers model (+ tokenizer) (+ ``value_head.safetensors``).
+
+    ``model_state`` / ``value_head_state``: full tensors to write instead of the modules' own
+    ``state_dict()`` (under FSDP those are shards: :mod:`rlft.fsdp` gathers them).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _unwrap(model).save_pretrained(path)
+    _unwrap(model).save_pretrained(path, **({"state_dict": model_state} if model_state is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
-    if value_head is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(value_head).state_dict().items()}
-        save_file(state, str(path / VALUE_HEAD_FILE), metadata={"format": "pt", "rlft": json.dumps({"kind": "value_head"})})
+    if value_head is not None or value_head_state is not None:
+        save_value_head(path, value_head_state if value_head_state is not None else _unwrap(value_head).state_dict())
+
+
+def save_value_head(path: str | os.PathLike, state: dict[str, Tensor]) -> None:
+    """Write a value head's state as ``path/value_head.safetensors``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(state, str(Path(path) / VALUE_HEAD_FILE), metadata={"format": "pt", "rlft": json.dumps({"kind": "value_head"})})
+
+
+def load_value_head(path: str | os.PathLike) -> ValueHead | None:
+    """The value head in ``path/value_head.safetensors``, or None if there is none."""
+    if not (Path(path) / VALUE_HEAD_FILE).is_file():
+        return None
+    state = load_file(str(Path(path) / VALUE_HEAD_FILE))
+    value_head = ValueHead(state["linear.weight"].shape[1], dtype=state["linear.weight"].dtype)
+    value_head.load_state_dict(state)
+    return value_head
 
 
 def load_policy(
@@ -337,9 +359,4 @@ def load_policy(
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    value_head = None
-    if (path / VALUE_HEAD_FILE).is_file():
-        state = load_file(str(path / VALUE_HEAD_FILE))
-        value_head = ValueHead(state["linear.weight"].shape[1], dtype=state["linear.weight"].dtype)
-        value_head.load_state_dict(state)
-    return model, tokenizer, value_head
+    return model, tokenizer, load_value_head(path)

@@ -8,10 +8,12 @@ One optimizer step (``Trainer.step``)::
     group-aligned micro-batch: policy forward, algorithm.loss with GLOBAL normalisers, backward
     -> clip, optimizer step -> engine.load_weights -> behaviour source sees the new weights
 
-Under ``accelerate launch --multi_gpu --num_processes N`` (DDP; gloo on a CPU) each process runs
-this loop on its ``groups / N`` groups; the normalisers are global and each loss is scaled by N,
-so the update equals the one-process update (see :mod:`rlft.distributed`). Only the main process
-writes files; each process checkpoints its own behaviour source.
+Under ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun`` (DDP; gloo on a CPU)
+each process runs this loop on its ``groups / N`` groups; the normalisers are global and each loss
+is scaled by N, so the update equals the one-process update (see :mod:`rlft.distributed`). With
+``--fsdp`` the policy is sharded instead of replicated (:mod:`rlft.fsdp`); with ``--lora`` only
+peft adapters train and pi_ref is the frozen weights without them (:mod:`rlft.lora`). Only the
+main process writes files; each process checkpoints its own behaviour source.
 
 The trainer knows no algorithm, model preset or task by name: it asks ``algorithm.needs`` what to
 compute, the preset for its completion budget (:mod:`rlft.models`) and the reward registry for the
@@ -44,13 +46,14 @@ from tqdm import tqdm
 import algorithms
 from algorithms.base import Normalizers
 from rlft.batch import Batch
-from rlft import checkpoint, rollout_correction
+from rlft import checkpoint, fsdp, lora, rollout_correction
 from rlft.config import TrainConfig
 from rlft.cpu import warn_if_bf16_is_slow
 from rlft.data import Problem, format_prompt, load
 from rlft.distributed import all_true
 from rlft.engines import ENGINES, check_engine_args, resolve_engine
 from rlft.engines.base import SamplingParams
+from rlft.engines.hf import HFEngine
 from rlft.errors import NonFiniteLoss, UsageError
 from rlft.evaluation import Evaluator
 from rlft.files import atomic_write_text, ensure_writable_dir, read_json
@@ -84,14 +87,21 @@ class Trainer:
                                        log_with=None if cfg.report_to == "none" else cfg.report_to,
                                        project_dir=str(self.out))
         if self.accelerator.distributed_type == DistributedType.FSDP:
-            raise UsageError("FSDP is not supported yet: the rollout engines, the stale:K source and checkpoints "
-                             "use the full weights on every process; use DDP (accelerate launch --multi_gpu)")
+            raise UsageError("accelerate's FSDP config is not used by rlft: pass --fsdp (torch's FSDP2, see "
+                             "rlft/fsdp.py) under accelerate launch --multi_gpu or torchrun")
         self.rank, self.processes = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         if cfg.groups % self.processes or cfg.eval_problems < self.processes:
             raise UsageError(f"groups ({cfg.groups}) must be a multiple of the number of processes "
                              f"({self.processes}) and eval_problems ({cfg.eval_problems}) at least that: "
                              "each process takes whole groups and its share of the test problems")
+        if cfg.fsdp and cfg.lora:
+            raise UsageError("--lora with --fsdp is not supported: pick one (LoRA's trained state is small "
+                             "enough for DDP: accelerate launch --multi_gpu)")
+        if cfg.fsdp and self.processes == 1:
+            raise UsageError("--fsdp shards the policy over several processes, and this is one: launch with "
+                             "torchrun --nproc-per-node N -m rlft.train ... (or accelerate launch --multi_gpu "
+                             "--num_processes N), or drop --fsdp")
         self.train_set = load(cfg.dataset, "train", seed=cfg.seed)
         # the same test problems for every seed, so seeds differ only in training
         self.test_set = load(cfg.dataset, "test", seed=0, limit=cfg.eval_problems)
@@ -100,16 +110,19 @@ class Trainer:
         if cfg.threads or sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
             torch.set_num_threads(cfg.threads or 1)
         warn_if_bf16_is_slow(cfg.dtype, self.accelerator.device)
-        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        model.to(self.accelerator.device)
+        # pi_ref: a frozen copy; under --lora the model's own frozen weights, without the adapters
+        self.ref_model = lora.reference_view(model) if cfg.lora else copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = model  # the LM inside the policy (sharded in place under --fsdp, adapted under --lora)
         self.policy = PolicyWithValue(model) if self.algorithm.needs.value_head else model
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-        self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
-        self.model = model  # the unwrapped LM: engine and checkpoints use it
-        self.ref_model.to(self.accelerator.device)
 
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.completion_budget)
-        self.engine = engine_cls(model, self.tokenizer, **cfg.engine_args)
+        # the engine and the behaviour source take the full weights now, before --fsdp shards them (the HF
+        # engine then samples from its own full copy: no collective inside generation) or --lora adapts them
+        # (the HF engine shares the model, adapters included; the others receive merged weights)
+        engine_args = {"own_copy": True, **cfg.engine_args} if cfg.fsdp and engine_cls is HFEngine else cfg.engine_args
+        self.engine = engine_cls(model, self.tokenizer, **engine_args)
         #: whether on-policy behaviour log-probs are replaced by the trainer's pi_old (see update)
         self.recompute_behavior = (cfg.recompute_behavior == "on" or self.algorithm.needs.recompute_behavior or
                                    (cfg.recompute_behavior == "auto" and not self.engine.computes_like(model)))
@@ -117,6 +130,13 @@ class Trainer:
         policy_source = EngineSource(self.engine, self.prompt, self.grader, self.sampling, "policy", False,
                                      lambda: self.engine.version)
         self.behavior = self._behavior_source(behavior_kind, behavior_arg)
+        #: peft's model under --lora (its adapters are injected into ``model`` in place), else None
+        self.peft_model = lora.add_adapters(model, lora.parse_lora(cfg.lora)) if cfg.lora else None
+        if cfg.fsdp:
+            fsdp.shard_policy(self.policy, model)  # before the optimizer, which must hold the shards
+        self.optimizer = torch.optim.AdamW(lora.trainable_parameters(self.policy), lr=cfg.lr, weight_decay=0.0)
+        if not cfg.fsdp:  # DDP (or nothing, with one process) through accelerate
+            self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.mixer = Mixer(policy_source, self.behavior, cfg.offpolicy, cfg.seed, self.rank, self.processes)
         self.evaluator = Evaluator(cfg, self.engine, self.ref_model, self.tokenizer, self.grader, self.test_set,
                                    self.prompt, self.sampling, self.rank, self.processes, self.accelerator.device)
@@ -180,10 +200,20 @@ class Trainer:
             for rows, mini in minis:
                 self._accumulate_gradients(mini, rows, step, epoch, metrics if epoch == 0 else None, len(minis))
                 metrics.grad_norms.append(self._optimizer_step(step))
-        state = self.model.state_dict()
+        state = self.full_weights()
         self.engine.load_weights(state)
         self.behavior.after_update(step, state)
         return metrics.result(correction, self.accelerator)
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """The LM's ``state_dict()`` with full tensors: what the engine and the behaviour source take.
+        Under ``--fsdp`` the shards are gathered (a collective: every process calls it); under ``--lora``
+        the adapters are merged into the weights they adapt (:func:`rlft.lora.merged_state_dict`)."""
+        if self.config.fsdp:
+            return fsdp.full_state_dict(self.model)
+        if self.config.lora:
+            return lora.merged_state_dict(self.model)
+        return self.model.state_dict()
 
     def _score_before_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Set ``batch.ref_logprobs``; score pi_old where the algorithm prepares (``batch.extras``) or
@@ -213,7 +243,8 @@ class Trainer:
         done = 0
         for i, micro in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
-            with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.policy):
+            # (FSDP2 reduce-scatters every micro-batch's gradients into the shards: the same sum)
+            with contextlib.nullcontext() if sync or self.config.fsdp else self.accelerator.no_sync(self.policy):
                 scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
                 out = algo.loss(micro, scores.logprobs, scores.values, norm)
                 self._check_finite(out.loss, step)
@@ -243,7 +274,10 @@ class Trainer:
 
     def _optimizer_step(self, step: int) -> float:
         """Clip, step and zero the gradients; returns the gradient norm before clipping."""
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm))
+        if self.config.fsdp:
+            grad_norm = fsdp.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        else:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm))
         if not math.isfinite(grad_norm):
             raise NonFiniteLoss(f"step {step}: gradient norm is {grad_norm}")
         self.optimizer.step()

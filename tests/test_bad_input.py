@@ -138,9 +138,24 @@ def test_a_sweep_in_which_every_cell_failed_is_one_line(tmp_path):
     (["--group-size", "0"], "--group-size must be >= 1"),
     (["--preset", "tinyy"], "not a preset (smollm2-135m, tiny)"),
     (["--algo", "agroo"], "unknown algorithm 'agroo'; known: agro"),
+    (["--fsdp"], "--fsdp shards the policy over several processes, and this is one"),
+    (["--lora", "r=0"], "needs r >= 1"),
+    (["--lora", "r=4", "--fsdp"], "--lora with --fsdp is not supported"),
 ])
 def test_train_refuses_bad_settings(tmp_path, args, message):
     one_line(run_module("rlft.train", *args, "--out", str(tmp_path / "run")), message)
+
+
+def test_lora_targets_the_model_lacks_are_one_line(tmp_path):
+    # (known only once the model is loaded: its loading bar comes first)
+    one_line(run_module("rlft.train", "--lora", "r=4,targets=no_such_layer", "--out", str(tmp_path / "run")),
+             "error: --lora: Target modules {'no_such_layer'} not found", after_work=True)
+
+
+def test_a_sweep_with_fsdp_needs_several_processes(tmp_path):
+    one_line(run_module("benchmarks.run", "--fsdp", "--out", str(tmp_path / "sweep")),
+             "--fsdp shards each cell over several processes: add --processes N")
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_train_out_must_be_a_writable_folder(tmp_path):

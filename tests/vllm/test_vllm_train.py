@@ -52,6 +52,25 @@ def test_trainer_api_auto_picks_vllm_and_stays_on_policy(tmp_path):
     trainer.engine.close()
 
 
+def test_lora_vllm_receives_merged_weights_and_stays_on_policy(tmp_path):
+    """--lora with vLLM: after every step the engine serves the merged weights W + alpha/r B A, so a
+    fresh on-policy batch's recorded log-probs equal the adapted policy's recomputation."""
+    config = TrainConfig(engine="vllm", model="tiny", steps=3, groups=4, group_size=4, lr=1e-2, lora="r=4,alpha=8",
+                         reward="varied_reward:VariedReward",  # differs between distinct completions: a gradient
+                         eval_every=3, eval_problems=8, eval_samples=2, out=str(tmp_path / "run"))
+    trainer = Trainer(config)
+    for step in range(1, 4):
+        batch = trainer.mixer.batch(trainer.problems_for_step(step), config.group_size, step)
+        with torch.no_grad():
+            recomputed = score_batch(trainer.policy, batch, temperature=config.temperature).logprobs
+            reference = score_batch(trainer.ref_model, batch, temperature=config.temperature).logprobs
+        assert (recomputed - batch.behavior_logprobs).abs().max().item() <= logprob_tolerance(trainer.model, batch)
+        if step > 1:  # the adapters have moved the policy away from pi_ref, and the engine followed
+            assert (recomputed - reference).abs().max().item() > 10 * logprob_tolerance(trainer.model, batch)
+        assert finite(trainer.step(step))
+    trainer.engine.close()
+
+
 def test_resume_syncs_the_engine(tmp_path):
     """A resumed run (checkpoint at step 2) samples from the checkpoint's weights, not pi_ref's."""
     config = TrainConfig(engine="vllm", model="tiny", steps=2, groups=4, group_size=4, lr=1e-3,
