@@ -101,11 +101,11 @@ def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> floa
     ``torch.nn.utils.get_total_norm`` over ``DTensor`` shards gives a partial ``DTensor``; its
     ``full_tensor()`` sums the squares over processes (a collective), as torchtitan's clipping does.
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    with_grads = [p for p in parameters if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in with_grads], norm_type=2.0)
     if isinstance(total, DTensor):
         total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total)
+    torch.nn.utils.clip_grads_with_norm_(with_grads, max_norm, total)  # (takes the parameters, not the grads)
     return float(total)
 
 

@@ -193,3 +193,23 @@ def test_fsdp_run_killed_mid_training_resumes_exactly(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert records_without_timing(out) == records_without_timing(tmp_path / "straight")
     assert [r["step"] for r in records_without_timing(out)] == list(range(steps + 1))
+
+
+def test_fsdp_feeds_the_stale_source_the_gathered_weights(tmp_path):
+    """--behavior stale:1 under FSDP2: the off-policy groups of step t come from the weights of step t-1,
+    gathered from the shards. In float64 a 2-process FSDP2 run then samples what a 2-process DDP run
+    (every process holds every weight; same ranks, same seeds) samples at every step, and logs the
+    same losses to rounding; a stale source fed shards or old weights would sample other groups."""
+    args = ["-m", "rlft.train", "--algo", "grpo", "--behavior", "stale:1", "--offpolicy", "0.5", "--steps", "3",
+            "--groups", "4", "--group-size", "4", "--lr", "1e-3", "--dtype", "float64", "--eval-every", "3",
+            "--eval-problems", "8"]
+    replicated = run(accelerate_launch(2, *args, "--out", str(tmp_path / "ddp")), tmp_path)
+    assert replicated.returncode == 0, replicated.stderr[-3000:]
+    sharded = run(torchrun(2, *args, "--fsdp", "--out", str(tmp_path / "fsdp")), tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    ddp, fsdp = records_without_timing(tmp_path / "ddp"), records_without_timing(tmp_path / "fsdp")
+    assert [r["step"] for r in ddp] == [r["step"] for r in fsdp] == [0, 1, 2, 3]
+    assert any(r["reward_offpolicy"] for r in ddp[2:])  # the stale groups carry signal
+    for a, b in zip(ddp[1:], fsdp[1:]):
+        assert a["reward"] == b["reward"] and a["reward_offpolicy"] == b["reward_offpolicy"]
+        assert abs(a["loss"] - b["loss"]) <= 1e-9 and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-9 * a["grad_norm"]
