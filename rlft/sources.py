@@ -71,6 +71,10 @@ class BehaviorSource:
     """
 
     tag = "behavior"
+    #: Whether the behaviour log-probs of this source's rows are pi_ref's own, at the run's
+    #: temperature (mu = pi_ref, sampled without truncation or scored by pi_ref): the trainer then
+    #: takes them as the rows' reference log-probs instead of scoring pi_ref again.
+    logprobs_are_reference: bool = False
 
     def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
         raise NotImplementedError
@@ -110,6 +114,9 @@ class RefPoolSource(BehaviorSource):
         self.sampler = EngineSource(ref_engine, prompt_fn, reward_fn, params, "ref", True, lambda: -1)
         self.seed = seed
         self.pool: dict[str, Batch] = {}
+        # the engine records log softmax(logits / temperature) of the token it drew: pi_ref's
+        # log-prob, unless top-k / top-p truncated the distribution it drew from
+        self.logprobs_are_reference = params.top_p >= 1.0 and params.top_k == 0
 
     def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
         missing = [p for p in problems if p.id not in self.pool]
@@ -163,6 +170,7 @@ class DatasetSource(BehaviorSource):
     sampling temperature, on the reference model's device (where the batch is built)."""
 
     tag = "dataset"
+    logprobs_are_reference = True  # scored by pi_ref (the file is treated as a sample of pi_ref)
 
     def __init__(self, path: str | Path, tokenizer, ref_model: torch.nn.Module, prompt_fn: PromptFn,
                  temperature: float = 1.0) -> None:

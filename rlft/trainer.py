@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -221,7 +222,7 @@ class Trainer:
         cfg, algo = self.config, self.algorithm
         correction: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            batch.ref_logprobs = score_batch(self.ref_model, batch, temperature=cfg.temperature).logprobs
+            batch.ref_logprobs = self._reference_logprobs(batch)
             if algo.needs.prepare or self.recompute_behavior:
                 before = score_batch(self.policy, batch, temperature=cfg.temperature)
                 if self.recompute_behavior:
@@ -231,6 +232,20 @@ class Trainer:
                 if algo.needs.prepare:
                     batch.extras = algo.prepare(batch, before.logprobs, before.values)
         return correction
+
+    def _reference_logprobs(self, batch: Batch) -> torch.Tensor:
+        """[B, T] log pi_ref of every completion token: scored by the frozen pi_ref, except on the
+        off-policy rows of a source whose behaviour log-probs are pi_ref's already
+        (``logprobs_are_reference``: the ``ref`` pool, a ``dataset`` file), which are taken as they are."""
+        known = batch.is_offpolicy if self.behavior.logprobs_are_reference else torch.zeros_like(batch.is_offpolicy)
+        score = functools.partial(score_batch, self.ref_model, temperature=self.config.temperature)
+        if not bool(known.any()):
+            return score(batch).logprobs
+        ref = batch.behavior_logprobs.clone()
+        if not bool(known.all()):
+            rest = (~known).nonzero().squeeze(1)
+            ref[rest] = score(batch.select(rest)).logprobs
+        return ref
 
     def _accumulate_gradients(self, mini: Batch, rows: torch.Tensor, step: int, epoch: int,
                               metrics: StepMetrics | None, minis: int) -> None:

@@ -18,12 +18,16 @@ import torch
 
 from benchmarks.throughput import MARKER, read_sections, write_section
 from rlft.engines import HFEngine, SamplingParams
-from rlft.policy import score_completions, shared_prompt_rows
+from rlft.policy import score_completions
+from rlft.prefill import PromptPlan, shared_prompt_rows
 from tolerances import difference, forward_reductions, logprob_tolerance, max_abs_logit  # tests/tolerances.py
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PROMPTS = ["Question: What is 12 + 34?\nAnswer:", "Hi", "Question: What is 99 * 98?\nAnswer:"]
+#: Prompts of one template, of several lengths: the prefix "<s>Question: What is " is run once.
+TEMPLATED = ["Question: What is 12 + 34?\nAnswer:", "Question: What is 7 - 100?\nAnswer:",
+             "Question: What is 99 * 98?\nAnswer:", "Question: What is 5+5?\nAnswer:"]
 TRL_MISSING = importlib.util.find_spec("trl") is None
 
 
@@ -99,29 +103,36 @@ def _plain_engine(model, tok, **kwargs) -> HFEngine:
     SamplingParams(temperature=1.3, top_p=0.8, max_new_tokens=6),
     SamplingParams(temperature=0.0, max_new_tokens=8),
 ])
-def test_own_sampling_loop_equals_generate(tiny, params):
+@pytest.mark.parametrize("prompts", [PROMPTS, TEMPLATED], ids=["mixed", "templated"])
+def test_own_sampling_loop_equals_generate(tiny, params, prompts):
     """Same samples for the same seed and the same recorded log-probs, chunked or not; without
-    prompt sharing the loop is transformers' own, bit for bit."""
+    prompt sharing and dropping stopped rows the loop is transformers' own, bit for bit."""
     model, tok = tiny
     for rows in (64, 5):
-        plain = _plain_engine(model, tok, max_batch_rows=rows).generate(PROMPTS, 6, params, seed=3)
-        # prefilling each prompt once sums attention over other shapes: rounding only
+        plain = _plain_engine(model, tok, max_batch_rows=rows).generate(prompts, 6, params, seed=3)
+        # prefilling each prompt (and a common prefix) once sums attention over other shapes: rounding only
         shared = logprob_tolerance(model, plain)
         for share, tolerance in ((False, 0.0), (True, shared)):
-            fast = HFEngine(model, tok, max_batch_rows=rows, share_prompts=share).generate(PROMPTS, 6, params, seed=3)
+            fast = HFEngine(model, tok, max_batch_rows=rows, share_prompts=share,
+                            drop_finished=share).generate(prompts, 6, params, seed=3)
             assert torch.equal(fast.completion_ids, plain.completion_ids)
             assert torch.equal(fast.completion_mask, plain.completion_mask) and fast.texts == plain.texts
             assert (fast.logprobs - plain.logprobs).abs().max() <= tolerance
 
 
-def test_scoring_once_per_prompt_equals_one_forward(tiny):
-    """Log-probs, entropy, values and gradients of grouped rows equal those of one plain forward."""
+@pytest.mark.parametrize("prompts, samples, prefix", [(PROMPTS, 4, 0), (TEMPLATED, 4, 19), (TEMPLATED, 1, 19)],
+                         ids=["repeated", "repeated-templated", "templated"])
+def test_scoring_once_per_prompt_equals_one_forward(tiny, prompts, samples, prefix):
+    """Log-probs, entropy, values and gradients of rows that repeat a prompt, or share a prefix,
+    equal those of one plain forward."""
     from rlft.policy import PolicyWithValue
 
     model, tok = tiny
-    gen = HFEngine(model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10), seed=0)
+    gen = HFEngine(model, tok).generate(prompts, samples, SamplingParams(max_new_tokens=10), seed=0)
     args = (gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask)
-    assert shared_prompt_rows(gen.prompt_ids, gen.prompt_mask) is not None  # the fast path applies
+    plan = PromptPlan.of(gen.prompt_ids, gen.prompt_mask)
+    assert plan.shares_work and plan.prefix == prefix  # the fast path applies: 19 = len("<s>Question: What is ")
+    assert (shared_prompt_rows(gen.prompt_ids, gen.prompt_mask) is not None) == (samples > 1)
     weights = torch.randn(gen.completion_ids.shape, generator=torch.Generator().manual_seed(0))
 
     def run(share: bool):

@@ -16,7 +16,9 @@ import torch
 
 import algorithms
 from rlft.errors import NonFiniteLoss, UsageError
+from rlft.policy import score_batch
 from rlft.trainer import TrainConfig, Trainer
+from tolerances import logprob_tolerance  # tests/tolerances.py
 
 ROOT = Path(__file__).parents[1]
 TIMING_KEYS = {"tokens_per_s", "rollout_seconds", "step_seconds"}
@@ -112,6 +114,28 @@ def test_ref_pool_reuses_the_same_samples(tmp_path):
     assert torch.equal(first.behavior_logprobs, again.behavior_logprobs)
     assert set(first.sources) == {"ref"} and bool(first.is_offpolicy.all())
     assert (first.policy_version == -1).all()
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_reference_logprobs_of_the_ref_pool_are_its_behaviour_logprobs(tmp_path, top_p):
+    """The pi_ref pool's rows carry pi_ref's log-probs (mu = pi_ref): the trainer takes them instead
+    of scoring pi_ref again, and they agree with the scored ones up to summation order. With top_p < 1
+    the engine draws from a truncated distribution, so every row is scored."""
+    trainer = Trainer(small_config(tmp_path, offpolicy=0.5, top_p=top_p, steps=1))
+    assert trainer.behavior.logprobs_are_reference == (top_p == 1.0)
+    batch = trainer.rollout(1)
+    off = batch.is_offpolicy
+    assert bool(off.any()) and not bool(off.all())
+    used = trainer._reference_logprobs(batch)
+    scored = score_batch(trainer.ref_model, batch, temperature=trainer.config.temperature).logprobs
+    if top_p == 1.0:
+        assert torch.equal(used[off], batch.behavior_logprobs[off])
+        assert (used[off] - scored[off]).abs().max() <= logprob_tolerance(trainer.ref_model, batch)
+        on = (~off).nonzero().squeeze(1)
+        alone = score_batch(trainer.ref_model, batch.select(on), temperature=trainer.config.temperature).logprobs
+        assert torch.equal(used[on], alone)
+    else:
+        assert torch.equal(used, scored)
 
 
 def test_stale_source_lags_the_policy(tmp_path):

@@ -11,10 +11,13 @@ The decoding loop is transformers' ``generate`` sampling loop, step for step: th
 processors (transformers' own temperature / top-k / top-p warpers, in its order), the same
 ``torch.multinomial`` call on the same ``[rows, vocab]`` probabilities each step, finished rows
 fed the pad token, the same position ids and attention mask; so a seed gives the same samples and
-log-probs as ``generate``, bit for bit. Two things differ, both for speed: none of ``generate``'s
-per-step bookkeeping is run, and each distinct prompt of a call is prefilled once and its key /
-value cache shared by its samples (the n samples of a prompt repeat it; ``share_prompts``), which
-is still bit for bit on one CPU thread but can move log-probs by float round-off on several.
+log-probs as ``generate``, bit for bit (``share_prompts=False, drop_finished=False``). Three
+things differ, all for speed: none of ``generate``'s per-step bookkeeping is run; by default the
+prompts are prefilled with each repeated piece once (``share_prompts``, :mod:`rlft.prefill`): each
+distinct prompt once for its n samples, and the prefix common to all prompts (a template) once;
+and the model stops running on rows that have stopped (``drop_finished``). Both sum attention and
+matrix products over other shapes, so the log-probs move by float round-off (and a sample drawn at
+a near-tie of the [rows, vocab] race could flip).
 Models this loop does not cover (encoder-decoders, models without ``logits_to_keep``) go through
 ``generate`` itself.
 """
@@ -39,19 +42,16 @@ from transformers import (
 )
 
 from rlft.engines.base import ENGINES, Generation, RolloutEngine, SamplingParams, encode_prompts
-from rlft.policy import (
-    at_least_float32,
-    output_cache,
-    output_rows,
-    position_ids_from_mask,
-    shared_prompt_rows,
-    with_cache,
-)
+from rlft.policy import at_least_float32
+from rlft.prefill import PromptPlan, position_ids_from_mask, prefill, shares_prefix, with_cache
 
 #: Upper bound on the [rows, steps, vocab] float32 scores one ``generate`` call may keep. The own
 #: sampling loop keeps none, but it splits a call into the same chunks, so that a seed draws the
 #: same samples on either path.
 SCORES_BUDGET_BYTES = 512 * 2**20
+#: The share of stopped rows at which the own sampling loop stops running the model on them
+#: (``drop_finished``): dropping their cache rows is a copy, so it waits until it saves a quarter.
+DROP_FINISHED_AT = 0.25
 
 
 @ENGINES.register("hf")
@@ -70,10 +70,13 @@ class HFEngine(RolloutEngine):
             trainer's tensors into that copy (as a separate inference engine would).
         max_batch_rows: at most this many rows (prompt x sample) per ``generate`` call; fewer if
             the recorded scores would exceed :data:`SCORES_BUDGET_BYTES`.
-        share_prompts: prefill each distinct prompt of a call once and share its key / value
-            cache among its samples (see the module docstring); ``False`` prefills every row.
-            The samples are the same; recorded log-probs agree bit for bit on one CPU thread and
-            to ~4e-5 with several (multithreaded matrix kernels split rows by count).
+        share_prompts: prefill each distinct prompt of a call once, and the prefix common to
+            all of them once, and share their key / value cache among the rows (see the module
+            docstring); ``False`` prefills every row as it is. Recorded log-probs agree up to
+            float round-off.
+        drop_finished: stop running the model on rows that have stopped once a quarter of them
+            have (:meth:`_sample`); the samples are the same, log-probs up to float round-off.
+            ``False`` with ``share_prompts=False`` is ``generate``'s loop, bit for bit.
         stop_token_ids: tokens that end a completion (kept, and masked True). Default: the
             tokenizer's EOS plus the model generation config's EOS ids.
         dtype: sample from an own copy in this dtype (``"bfloat16"``: a bfloat16 sampler under a
@@ -89,6 +92,7 @@ class HFEngine(RolloutEngine):
         own_copy: bool = False,
         max_batch_rows: int = 64,
         share_prompts: bool = True,
+        drop_finished: bool = True,
         stop_token_ids: list[int] | None = None,
         dtype: torch.dtype | str | None = None,
     ) -> None:
@@ -107,6 +111,7 @@ class HFEngine(RolloutEngine):
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
         self.share_prompts = share_prompts
+        self.drop_finished = drop_finished
         if stop_token_ids is None:
             ids = {tokenizer.eos_token_id}
             gen_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -228,34 +233,32 @@ class HFEngine(RolloutEngine):
         return warpers
 
     def _prefill(self, ids: Tensor, mask: Tensor):
-        """Run the prompts, each distinct prompt once: (next-token logits [b, V] in at least float32, KV cache of b rows)."""
-        shared = shared_prompt_rows(ids, mask) if self.share_prompts else None
-        if shared is None:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                             use_cache=True, logits_to_keep=1)
-            return at_least_float32(out.logits[:, -1]), output_cache(out)
-        first, inverse = shared
-        with output_rows(self.model, inverse):
-            out = self.model(input_ids=ids[first], attention_mask=mask[first],
-                             position_ids=position_ids_from_mask(mask[first]), use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1] if out.logits.shape[0] == len(inverse) else out.logits[inverse, -1]
-        cache = output_cache(out)
-        cache.batch_select_indices(inverse)
-        return at_least_float32(logits), cache
+        """Run the prompts, each distinct prompt and their common prefix once (``share_prompts``,
+        :mod:`rlft.prefill`): (next-token logits [b, V] in at least float32, KV cache of b rows,
+        attention mask [b, L] of the cached positions)."""
+        plan = PromptPlan.of(ids, mask, share=self.share_prompts, share_prefix=shares_prefix(self.model))
+        state = prefill(self.model, ids, mask, plan)
+        return at_least_float32(state.logits), state.cache, state.mask
 
     def _sample(self, ids: Tensor, mask: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:
         """Sample up to ``max_new_tokens`` per row: (tokens [b, T], their log-probs [b, T]).
 
         ``generate``'s sampling loop (see the module docstring); rows that have produced a stop
-        token are fed the pad token until every row has stopped.
+        token are fed the pad token until every row has stopped. With ``drop_finished``, once at
+        least :data:`DROP_FINISHED_AT` of the rows the model runs on have stopped, it runs on the
+        others only (their key / value cache rows are kept, the stopped ones dropped). Every row
+        is still drawn for at each step, a stopped one from its last logits (the draw is then
+        replaced by the pad token): ``torch.multinomial`` draws one exponential variate per entry
+        of the [b, vocab] matrix and takes each row's arg-max, so the rows still going get the
+        draws they get without dropping.
         """
         warpers = self._warpers(params)
         stop = torch.tensor(self.stop_token_ids, device=ids.device)
         pad = self.tokenizer.pad_token_id
-        mask = mask.long()
-        logits, cache = self._prefill(ids, mask)
+        logits, cache, mask = self._prefill(ids, mask)
         position = position_ids_from_mask(mask)[:, -1:]
         unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+        running = torch.arange(ids.shape[0], device=ids.device)  # the rows the model runs on
         tokens, logprobs = [], []
         for t in range(params.max_new_tokens):
             scores = warpers(ids, logits)
@@ -269,11 +272,17 @@ class HFEngine(RolloutEngine):
             unfinished &= ~torch.isin(token, stop)
             if t + 1 == params.max_new_tokens or not unfinished.any():
                 break
+            going = unfinished[running]
+            if self.drop_finished and int(going.sum()) <= (1 - DROP_FINISHED_AT) * len(running):
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                running, mask, position = running[keep], mask[keep], position[keep]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             position = position + 1
-            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+            out = self.model(input_ids=token[running, None], attention_mask=mask, position_ids=position,
                              **with_cache(self.model, cache), use_cache=True, logits_to_keep=1)
-            logits = at_least_float32(out.logits[:, -1])
+            step_logits = at_least_float32(out.logits[:, -1])
+            logits = step_logits if len(running) == len(logits) else logits.index_copy(0, running, step_logits)
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
     def _generate_with_hf(self, ids: Tensor, mask: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:

@@ -33,9 +33,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RLFT_CACHE") or Path.home() / ".cache" / "rlft").expanduser()
 
 
-def load_folder(path: Path | str, dtype: torch.dtype) -> ModelAndTokenizer:
-    """A transformers model folder (or hub name) as an eval-mode causal LM and its tokenizer."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+def load_folder(path: Path | str, dtype: torch.dtype, attn_implementation: str | None = None) -> ModelAndTokenizer:
+    """A transformers model folder (or hub name) as an eval-mode causal LM and its tokenizer.
+
+    ``attn_implementation``: transformers' attention kernel (``"eager"``, ``"sdpa"``, ...); None
+    takes transformers' default for the model.
+    """
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer

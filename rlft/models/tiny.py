@@ -57,6 +57,14 @@ def check_pinned(folder: Path, expected: dict[str, str]) -> None:
 
 
 DEFAULT_MAX_NEW_TOKENS["tiny"] = 8  # arith answers are <= 6 tokens
+#: The attention kernel of the tiny preset in float32 and bfloat16: transformers' eager attention
+#: (two plain matmuls and a softmax). For 8 heads of width 32 over ~45 positions on one CPU thread
+#: it is faster than the SDPA flash kernel (transformers' default), most of all in the backward pass
+#: and in one-token decoding steps: ``python -m benchmarks.sweep_speed`` measures both
+#: (results/throughput.md). A float64 model keeps SDPA: eager attention takes its softmax in
+#: float32, which would round a float64 model's attention weights to float32, and it turns the
+#: fully masked rows of left padding into NaN that then reach the real tokens (transformers 5.25).
+TINY_ATTENTION = "eager"
 
 
 @PRESETS.register("tiny")
@@ -64,7 +72,7 @@ def load_tiny(cache_dir: Path, dtype: torch.dtype = torch.float32, folder: Path 
               expected: dict[str, str] = TINY_SHA256) -> ModelAndTokenizer:
     """The pinned tiny preset from ``folder``, after checking its files against ``expected``."""
     check_pinned(folder, expected)
-    return load_folder(folder, dtype)
+    return load_folder(folder, dtype, attn_implementation="sdpa" if dtype == torch.float64 else TINY_ATTENTION)
 
 
 TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]

@@ -38,7 +38,7 @@ from rlft.errors import UsageError
 from rlft.models.cache import cached_build
 from rlft.models.muon import Muon
 from rlft.models.tiny import TINY_DIR, TINY_SHA256, build_char_tokenizer, sha256_file
-from rlft.policy import output_cache, with_cache
+from rlft.prefill import output_cache, with_cache
 
 #: Bump when the recipe changes in a way its config fields do not capture.
 #: 3: Muon's Newton-Schulz iteration in float32 (was torch.optim.Muon's bfloat16).

@@ -13,7 +13,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from rlft.engines import ENGINES, HFEngine, SamplingParams, resolve_engine, vllm_import_error
 from rlft.engines.vllm import VLLMEngine, supports
-from rlft.policy import position_ids_from_mask, token_logprobs
+from rlft.policy import token_logprobs
+from rlft.prefill import position_ids_from_mask
 from tolerances import logprob_tolerance  # tests/tolerances.py
 
 PROMPTS = [
