@@ -168,7 +168,8 @@ def compare_to(manifest: dict[str, Any], summary: pd.DataFrame) -> str:
     return ""
 
 
-def _labelled(summary: pd.DataFrame, grid: Sequence[str]) -> pd.DataFrame:
+def labelled(summary: pd.DataFrame, grid: Sequence[str]) -> pd.DataFrame:
+    """``summary`` with each grid column's values as table labels (:func:`grid_label`)."""
     frame = summary.copy()
     for key in grid:
         frame[key] = frame[key].map(grid_label)
@@ -256,7 +257,7 @@ def lm_table(summary: pd.DataFrame, manifest: dict[str, Any]) -> str:
     and against the smallest share; then one row per cell group with the other metrics."""
     grid = list(manifest.get("grid", []))
     s = manifest.get("settings", {})
-    frame = _labelled(summary, grid)
+    frame = labelled(summary, grid)
     ok = frame[frame["status"] == "ok"]
     offpolicies = sorted(frame["offpolicy"].unique())
     reference = compare_to(manifest, frame)
@@ -481,7 +482,7 @@ def build(store: ResultStore) -> list[Path]:
         ok_cells = set(summary.loc[summary["status"] == "ok", "cell"])
         grid = manifest.get("grid", [])
         paths += lm_plots(summary, store.curves(ok_cells), grid, store.root)
-        frame = _labelled(summary, grid)
+        frame = labelled(summary, grid)
         reference = compare_to(manifest, frame)
         versus = stats.versus_algorithm(frame[frame["status"] == "ok"], "final_accuracy", reference, grid)
         if versus:

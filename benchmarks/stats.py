@@ -46,6 +46,7 @@ class Difference:
     point: tuple  # (algo, grid values...) of ``a``'s row in the tables
     offpolicy: float
     values: tuple[float, ...]  # one per seed
+    seeds: tuple[int, ...] = ()  # the seed of each value
 
     @property
     def n(self) -> int:
@@ -81,8 +82,10 @@ def _by_seed(rows: pd.DataFrame, value: str) -> dict:
     return dict(zip(rows["seed"], rows[value].astype(float)))
 
 
-def _paired(a: dict, b: dict) -> tuple[float, ...]:
-    return tuple(a[s] - b[s] for s in sorted(set(a) & set(b)))
+def _paired(a: dict, b: dict) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """(``a[s] - b[s]``, ``s``) over the seeds both have, in seed order."""
+    seeds = tuple(sorted(set(a) & set(b)))
+    return tuple(a[s] - b[s] for s in seeds), seeds
 
 
 def _matching(rows: pd.DataFrame, grid: Sequence[str], point: dict) -> pd.DataFrame:
@@ -111,9 +114,9 @@ def versus_algorithm(frame: pd.DataFrame, value: str, reference: str, grid: Sequ
         for p, here in rows.groupby("offpolicy"):
             there = _matching(base[base["offpolicy"] == p], grid, point)
             for label, variant in _reference_variants(there, grid, point, reference):
-                diffs = _paired(_by_seed(here, value), _by_seed(variant, value))
+                diffs, seeds = _paired(_by_seed(here, value), _by_seed(variant, value))
                 if diffs:
-                    out.append(Difference(algo, label, (algo, *values), float(p), diffs))
+                    out.append(Difference(algo, label, (algo, *values), float(p), diffs, seeds))
     return out
 
 
@@ -134,10 +137,10 @@ def versus_share(frame: pd.DataFrame, value: str, grid: Sequence[str]) -> list[D
         shares = sorted(rows["offpolicy"].unique())
         first = _by_seed(rows[rows["offpolicy"] == shares[0]], value)
         for p in shares[1:]:
-            diffs = _paired(_by_seed(rows[rows["offpolicy"] == p], value), first)
+            diffs, seeds = _paired(_by_seed(rows[rows["offpolicy"] == p], value), first)
             if diffs:
                 out.append(Difference(f"offpolicy {p:g}", f"offpolicy {shares[0]:g}", (algo, *values), float(p),
-                                      diffs))
+                                      diffs, seeds))
     return out
 
 
@@ -147,7 +150,9 @@ def gains(frame: pd.DataFrame, grid: Sequence[str], share: float) -> list[Differ
     rows = frame[frame["offpolicy"] == share]
     for (algo, *values), group in rows.groupby(["algo", *grid], sort=True):
         group = group.dropna(subset=["final_accuracy", "initial_accuracy"])
+        group = group.sort_values("seed")
         diffs = tuple((group["final_accuracy"] - group["initial_accuracy"]).astype(float))
         if diffs:
-            out.append(Difference("final", "initial", (algo, *values), float(share), diffs))
+            out.append(Difference("final", "initial", (algo, *values), float(share), diffs,
+                                  tuple(int(s) for s in group["seed"])))
     return out

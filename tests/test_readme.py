@@ -34,3 +34,36 @@ def test_no_path_outside_the_repository():
     found = [f"{name}:{i}" for name in texts for i, line in enumerate((ROOT / name).read_text().splitlines(), 1)
              if outside.search(line)]
     assert not found, f"paths outside the repository: {found}"
+
+
+def readme_sweep_commands() -> list[str]:
+    """Every ``python -m benchmarks.run ... --out results/X`` command of the README's code blocks
+    (continuation lines joined)."""
+    blocks = (ROOT / "README.md").read_text().split("```")[1::2]
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split("#", 1)[0].strip()
+            if command.startswith("python -m benchmarks.run ") and "--out results/" in command:
+                commands.append(command)
+    return commands
+
+
+def test_readme_sweep_commands_rerun_their_committed_folders():
+    """A README command that made a committed sweep folder still names that folder's settings: rerun
+    against it (say after a default changed), it would add to it or skip its finished cells, not be
+    refused for other settings (benchmarks.run.check_manifest)."""
+    import shlex
+
+    from benchmarks import run
+    from benchmarks.store import ResultStore
+    from rlft import cli
+
+    commands = readme_sweep_commands()
+    assert len(commands) >= 8, commands
+    for command in commands:
+        args = run.parse_args(shlex.split(command)[3:])
+        root = ROOT / args.out
+        assert (root / "sweep.json").is_file(), f"{args.out} (from the README) is not committed"
+        grid = run.parse_grid(args.grid, cli.comma_list(args.algos))
+        run.check_manifest(ResultStore(root), run.sweep_settings(args), grid)  # raises UsageError on a mismatch

@@ -245,7 +245,7 @@ BAD_INPUT = {
     "malformed dataset file": (["--dataset", "jsonl:{dir}/bad.jsonl"], "bad.jsonl line 2: invalid JSON"),
     "unwritable out": (["--out", "{dir}/a-file/out"], "cannot write to --out"),
     "unknown grid key": (["--grid", "nope=1"], "unknown --grid key 'nope'; valid: TrainConfig fields"),
-    "processes not dividing groups": (["--processes", "3"], "--processes 3: need N >= 1 dividing --groups (16)"),
+    "processes not dividing groups": (["--processes", "3"], "--processes 3: need N >= 1 dividing --groups (32)"),
     "negative jobs": (["--jobs", "-1"], "--jobs must be >= 0"),
     "more jobs than cores": (["--jobs", "999"], "--jobs 999 is more than the"),
     "unknown compare-to": (["--algos", "agro,grpo", "--compare-to", "ppo"], "--compare-to 'ppo' is not one of --algos"),
