@@ -9,7 +9,8 @@ temperature) graded 0/1, and the sequence log-ratio ell(y_k) = log pi(y_k|x) - l
 
 The sampled completions are drawn in chunks of about :data:`CHUNK_ROWS` rows, each with its own
 seed derived from ``seed_parts`` and the chunk index, so the numbers do not depend on how many
-problems there are after a chunk; the greedy ones, which draw nothing, in one call. The seeds do NOT depend on the training seed: every run of a sweep is evaluated
+problems there are after a chunk; the greedy ones, which draw nothing, in one call. The seeds do
+NOT depend on the training seed: every run of a sweep is evaluated
 with the same test problems and the same sampling noise (common random numbers), so differences
 between runs are differences between policies.
 

