@@ -2,6 +2,7 @@
 
     python -m benchmarks.throughput                      # hf and vllm, tiny and smollm2-135m, fp32 and bf16
     python -m benchmarks.throughput --engines hf --models tiny --dtypes float32
+    python -m benchmarks.throughput --rows-per-call --models smollm2-135m --prompts 4 --n 8 --threads 1
 
 For each model x dtype x engine: build the engine, then make the same ``generate`` call twice,
 ``--prompts`` arith test prompts x ``--n`` samples (temperature 1, at most ``--max-new-tokens``
@@ -17,6 +18,13 @@ is memory- and overhead-bound, so real engines stay well below it.
 
 Needs the vLLM environment for the vllm rows (``tox -e vllm`` or DEVELOPERS.md); where vLLM is not
 installed those rows say so. Writes ``--out`` (default results/throughput.md).
+
+``--rows-per-call`` measures the HF engine at ``--prompts`` x ``--n`` rows of exactly
+``--max-new-tokens`` tokens (default 128; stop tokens are switched off), with the
+rows per model call the engine took before 2026-12-08 (as many as fit 512 MiB of [rows, steps,
+vocab] float32 scores: 21 rows at SmolLM2's vocabulary and 128 tokens, so 32 rows took two calls)
+against its rows now (``max_batch_rows``, 64: one call), alternating A/B in one process; see
+:func:`run_rows_per_call`.
 
 ``--vs-trl`` measures training steps instead: our grpo step against TRL's GRPOTrainer on the same
 work, alternating A/B in one process, per model of ``--models`` and engine of ``--engines``
@@ -81,6 +89,8 @@ def parse_args(argv: Sequence[str] | None):
                         "--vs-trl: our trainer's choice, 1 for tiny)")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmul timed (default 2048)")
     p.add_argument("--out", default="results/throughput.md", help="markdown report (default results/throughput.md)")
+    p.add_argument("--rows-per-call", action="store_true",
+                   help="time the HF engine with its former rows per call against its rows now, alternating A/B")
     trl = p.add_argument_group("training step against TRL (--vs-trl)")
     trl.add_argument("--vs-trl", action="store_true",
                      help="time our grpo step against TRL's GRPOTrainer on the same work, alternating A/B")
@@ -208,7 +218,7 @@ def versions() -> str:
 
 
 #: Sections of the report file, in order; each kind of run rewrites only its own.
-SECTIONS = ("generation", "vs-trl", "sweep", "fast-paths", "notes")
+SECTIONS = ("generation", "engine-rows", "vs-trl", "sweep", "fast-paths", "notes")
 MARKER = "<!-- benchmarks.throughput section: {} -->"
 
 
@@ -295,11 +305,75 @@ def run_vs_trl(args) -> None:
     print(f"wrote {args.out}")
 
 
+#: The HF engine's former cap on the [rows, steps, vocab] float32 scores of one call (before 2026-12-08).
+FORMER_SCORES_BUDGET_BYTES = 512 * 2**20
+
+
+def former_rows_per_call(vocab: int, max_new_tokens: int, max_batch_rows: int = 64) -> int:
+    """Rows per call the HF engine took before 2026-12-08: as many as fit :data:`FORMER_SCORES_BUDGET_BYTES`."""
+    return max(1, min(max_batch_rows, FORMER_SCORES_BUDGET_BYTES // (4 * vocab * max_new_tokens)))
+
+
+def run_rows_per_call(args, rounds: int = 3) -> None:
+    """``--rows-per-call``: the HF engine with its former rows per call (A) against now (B), same model,
+    same rows of exactly ``--max-new-tokens`` tokens (no stop token), A/B alternated ``rounds`` times
+    after one untimed call each; the median of each. Writes the ``engine-rows`` section."""
+    from rlft.data import format_prompt, load
+    from rlft.engines import HFEngine, SamplingParams
+    from rlft.models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    budget = args.max_new_tokens or 128
+    lines = ["## HF engine: rows per model call, before and after", "",
+             f"`python -m benchmarks.throughput {' '.join(args.argv)}` ({platform.machine()}, "
+             f"{len(os.sched_getaffinity(0))} usable cores, {torch.get_num_threads()} threads; {versions()}). "
+             f"One `generate` call of {args.prompts} arith prompts x {args.n} samples, each exactly {budget} new "
+             "tokens (no stop token), float32, temperature 1. Before: as many rows per model call as fit 512 MiB of "
+             "[rows, steps, vocab] float32 scores (the engine's cap until 2026-12-08); after: `max_batch_rows` "
+             f"(64) rows per call, no such buffer. A/B alternated {rounds} times after one untimed call each; "
+             "medians. Times vary between runs here: compare the ratio.", "",
+             "| model | vocabulary | rows | rows per call before | after | s before | s after | tok/s before | "
+             "tok/s after | speed-up |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for spec in args.models:
+        model, tokenizer = load_model(spec, dtype=torch.float32)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        rows = args.prompts * args.n
+        prompts = [format_prompt(p.question, tokenizer) for p in load("arith", "test", seed=0, limit=args.prompts)]
+        sampling = SamplingParams(temperature=1.0, max_new_tokens=budget)
+        before, after = former_rows_per_call(vocab, budget), 64
+        engines = {"before": HFEngine(model, tokenizer, max_batch_rows=before, stop_token_ids=[-1]),
+                   "after": HFEngine(model, tokenizer, max_batch_rows=after, stop_token_ids=[-1])}
+        times: dict[str, list[float]] = {"before": [], "after": []}
+        for name, engine in engines.items():
+            engine.generate(prompts, args.n, sampling, seed=0)  # kernels for these shapes
+        for round_ in range(rounds):
+            for name, engine in engines.items():
+                t0 = time.perf_counter()
+                gen = engine.generate(prompts, args.n, sampling, seed=1 + round_)
+                times[name].append(time.perf_counter() - t0)
+                assert int(gen.completion_mask.sum()) == rows * budget
+        median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        tokens = rows * budget
+        print(f"{spec}: {rows} rows x {budget} tokens, {before} rows per call before: {median['before']:.2f} s, "
+              f"{after} after: {median['after']:.2f} s ({median['before'] / median['after']:.2f}x)", flush=True)
+        lines.append(f"| {spec} | {vocab:,} | {rows} | {min(before, rows)} | {min(after, rows)} | "
+                     f"{median['before']:.2f} | {median['after']:.2f} | {tokens / median['before']:.0f} | "
+                     f"{tokens / median['after']:.0f} | {median['before'] / median['after']:.2f}x |")
+    lines += ["", f"Took {time.perf_counter() - start:.0f} s."]
+    write_section(Path(args.out), "engine-rows", lines)
+    print(f"wrote {args.out}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.vs_trl:
         run_vs_trl(args)
+        return
+    if args.rows_per_call:
+        run_rows_per_call(args)
         return
     start = time.perf_counter()
     if args.threads:  # before vLLM starts: it binds as many cores once, then ignores set_num_threads

@@ -5,10 +5,14 @@
 two renames; a kill between them leaves ``checkpoint.old``, which the next start restores):
 
     model.safetensors, config, tokenizer  the policy (+ value_head.safetensors), a normal HF folder
-                                         (under --fsdp gathered from the shards; under --lora a peft
-                                         folder instead: adapter_config.json, adapter_model.safetensors)
+                                         (under --lora a peft folder instead: adapter_config.json,
+                                         adapter_model.safetensors)
     trainer.pt                           the optimizer state
-    behavior-RANK.pt                     each process's behaviour source (its ref pool or snapshots)
+    sharded/                             under --fsdp instead of the two above: the policy's and the
+                                         optimizer's shards, each process's own (torch.distributed.checkpoint);
+                                         the last step's checkpoint also holds the gathered HF folder
+    behavior-RANK.pt                     each process's behaviour source (its ref pool; stale:K's
+                                         snapshots on the main process only)
     rng-RANK.pt                          each process's global RNG states
     trainer_state.json                   step, engine version, process count (written last)
 
@@ -88,29 +92,28 @@ def prepare_run_folder(trainer: Trainer) -> None:
 
 def save_checkpoint(trainer: Trainer, step: int) -> None:
     """Replace ``OUT/checkpoint`` atomically: policy (+ value head), optimizer, step (main process),
-    each process's behaviour source (``behavior-RANK.pt``: its own ref pool or snapshots) and its
-    global RNG states (``rng-RANK.pt``)."""
+    each process's behaviour source (``behavior-RANK.pt``: its own ref pool; the ``stale:K`` weights
+    on the main process only) and its global RNG states (``rng-RANK.pt``). Under ``--fsdp`` the
+    policy and the optimizer are written by every process, its own shards (:func:`rlft.fsdp.save_sharded`:
+    nothing is gathered), and the last step's checkpoint also holds the weights as a normal HF folder,
+    gathered on the main process only."""
     tmp, final, old = trainer.out / "checkpoint.tmp", trainer.out / "checkpoint", trainer.out / "checkpoint.old"
     policy = trainer.accelerator.unwrap_model(trainer.policy)
     value_head = getattr(policy, "value_head", None)
-    if trainer.config.fsdp:  # gathered by every process (collectives), written by the main one
-        states = {"model_state": fsdp.full_state_dict(trainer.model),
-                  "value_head_state": fsdp.full_state_dict(value_head) if value_head is not None else None}
-        optimizer = fsdp.full_optimizer_state_dict(policy, trainer.optimizer)
     if trainer.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        if trainer.config.fsdp:
-            save_policy(tmp, trainer.model, trainer.tokenizer, **states)
-        elif trainer.peft_model is not None:  # a peft folder: the adapters only
+        tmp.mkdir(parents=True)
+    if trainer.config.fsdp:
+        _save_fsdp(trainer, policy, value_head, tmp, last=step == trainer.config.steps)
+    elif trainer.is_main:
+        if trainer.peft_model is not None:  # a peft folder: the adapters only
             lora.save_adapters(trainer.peft_model, tmp)
             trainer.tokenizer.save_pretrained(tmp)
             if value_head is not None:
                 save_value_head(tmp, value_head.state_dict())
-            optimizer = trainer.optimizer.state_dict()
         else:
             save_policy(tmp, trainer.model, trainer.tokenizer, value_head)
-            optimizer = trainer.optimizer.state_dict()
-        torch.save({"optimizer": optimizer}, tmp / "trainer.pt")
+        torch.save({"optimizer": trainer.optimizer.state_dict()}, tmp / "trainer.pt")
     trainer.accelerator.wait_for_everyone()
     torch.save(trainer.behavior.state_dict(), tmp / f"behavior-{trainer.rank}.pt")
     torch.save(rng_states(), tmp / f"rng-{trainer.rank}.pt")
@@ -124,6 +127,23 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+
+
+def _save_fsdp(trainer: Trainer, policy, value_head, tmp: Path, last: bool) -> None:
+    """(Every process.) The shards of the policy and the optimizer into ``tmp/sharded``; the model's
+    config and tokenizer; on the ``last`` step also the gathered weights as an HF folder (main process)."""
+    trainer.accelerator.wait_for_everyone()  # the main process made the folder
+    fsdp.save_sharded(policy, trainer.optimizer, tmp / fsdp.SHARDED)
+    if last:  # collectives; only the main process receives the tensors
+        model_state = fsdp.gathered_on_main(trainer.model)
+        value_head_state = fsdp.gathered_on_main(value_head) if value_head is not None else None
+    if trainer.is_main:
+        if last:
+            save_policy(tmp, trainer.model, trainer.tokenizer, model_state=model_state,
+                        value_head_state=value_head_state)
+        else:
+            trainer.model.config.save_pretrained(tmp)
+            trainer.tokenizer.save_pretrained(tmp)
 
 
 def checkpoint_step(out: Path) -> int | None:
@@ -141,21 +161,20 @@ def load_checkpoint(trainer: Trainer) -> None:
         raise UsageError(f"{trainer.out} was checkpointed with {state.get('processes', 1)} process(es); resume it "
                          f"with the same number (this run has {trainer.processes}) or use another --out")
     policy = trainer.accelerator.unwrap_model(trainer.policy)
-    extra = torch.load(path / "trainer.pt", weights_only=False)
+    extra = torch.load(path / "trainer.pt", weights_only=False) if not trainer.config.fsdp else {}
     if trainer.peft_model is not None:  # the adapters (the frozen weights are the preset's)
         lora.load_adapters(trainer.peft_model, path)
         value_head = load_value_head(path)
         if value_head is not None and hasattr(policy, "value_head"):
             policy.value_head.load_state_dict(value_head.state_dict())
         trainer.optimizer.load_state_dict(extra["optimizer"])
-    elif trainer.config.fsdp:
-        model, _, value_head = load_policy(path, dtype=getattr(torch, trainer.config.dtype))  # every process copies its shards out of the full tensors
-        fsdp.load_full_state_dict(trainer.model, model.state_dict())
-        if value_head is not None and hasattr(policy, "value_head"):
-            fsdp.load_full_state_dict(policy.value_head, value_head.state_dict())
-        fsdp.load_full_optimizer_state_dict(policy, trainer.optimizer, extra["optimizer"])
+    elif trainer.config.fsdp:  # every process reads its own shards back
+        if not (path / fsdp.SHARDED).is_dir():
+            raise UsageError(f"{path} holds no sharded state ({fsdp.SHARDED}/): it was made by rlft before 2026-12-08; "
+                             f"{DAMAGED_CHECKPOINT}")
+        fsdp.load_sharded(policy, trainer.optimizer, path / fsdp.SHARDED)
     else:
-        model, _, value_head = load_policy(path, dtype=getattr(torch, trainer.config.dtype))
+        model, _, value_head = load_policy(path, dtype=trainer.precision.master)
         trainer.model.load_state_dict(model.state_dict())
         if value_head is not None and hasattr(policy, "value_head"):
             policy.value_head.load_state_dict(value_head.state_dict())

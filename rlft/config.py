@@ -49,7 +49,12 @@ class TrainConfig:
     temperature: float = hp(1.0, "sampling temperature (log-probs are scored at it)")
     top_p: float = hp(1.0, "nucleus sampling (1 keeps behaviour log-probs exact)")
     max_new_tokens: int = hp(0, "completion budget; 0: the model preset's (8 for tiny, else 256)")
-    micro_groups: int = hp(0, "groups per micro-batch (0: the whole batch at once)")
+    micro_groups: int = hp(0, "groups per micro-batch, with gradients and without (pi_ref, pi_old, evaluation): "
+                              "bounds activation memory (0: the whole batch at once)")
+    score_chunk_tokens: int = hp(0, "positions per chunk of the output projection when scoring: no [B, T, V] tensor "
+                                    "(0: as many as fit 64 MiB of float32 logits on a CPU, 512 MiB on a GPU; rlft/scoring.py)")
+    gradient_checkpointing: bool = hp(False, "recompute each decoder layer's activations in the backward pass "
+                                             "(transformers' own): less memory, about a third more compute")
     max_grad_norm: float = hp(1.0, "gradient clipping norm")
     eval_every: int = hp(25, "steps between test evaluations (also at step 0 and the last step)")
     eval_problems: int = hp(200, "test problems per evaluation (the same for every seed)")
@@ -61,8 +66,9 @@ class TrainConfig:
     engine_args: dict[str, Any] = hp({}, "keyword arguments of the engine (--engine-arg KEY=VALUE)")
     report_to: str = hp("none", "also send metrics to an accelerate tracker: none, tensorboard or wandb")
     out: str = hp("runs/train", "run directory")
-    dtype: str = hp("float32", "float32, bfloat16 (fast only on CPUs with native bf16: README) or float64 "
-                                    "for numerical checks")
+    dtype: str = hp("float32", "float32; bfloat16: mixed precision, float32 master weights and bfloat16 forward "
+                               "(rlft/precision.py; fast only on CPUs with native bf16: README); float64 for numerical "
+                               "checks")
     threads: int = hp(0, "CPU threads for torch (0: one for models under 20M parameters, else torch's default)")
     fsdp: bool = hp(False, "shard the policy, its gradients and AdamW's state over the processes with torch's FSDP2 "
                            "(under torchrun or accelerate launch; rlft/fsdp.py)")
@@ -103,7 +109,7 @@ class TrainConfig:
         for name in ("steps", "groups", "group_size", "eval_problems", "eval_samples", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_new_tokens", "micro_groups", "threads"):
+        for name in ("max_new_tokens", "micro_groups", "threads", "score_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{flag(name)} must be >= 0 (0: automatic), got {getattr(self, name)}")
         if self.lora:

@@ -12,6 +12,8 @@ the gradient of the whole batch's loss, exactly as with one process.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -44,6 +46,22 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     if world_size() == 1:
         return flag
     return bool(all_sum(torch.tensor([float(not flag)], device=device)).item() == 0)
+
+
+def broadcast_state(state: Mapping[str, Tensor] | None, template: Mapping[str, tuple[torch.Size, torch.dtype]],
+                    device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """The main process's ``state`` (a state dict) on every process: a collective, every process calls it;
+    the others pass ``None`` and receive tensors of the ``template``'s shapes and dtypes on ``device``.
+    With one process, ``state`` itself."""
+    if world_size() == 1:
+        return dict(state)
+    out = {}
+    for name in sorted(template):
+        shape, dtype = template[name]
+        tensor = state[name].to(device) if rank() == 0 else torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(tensor, src=0)
+        out[name] = tensor
+    return out
 
 
 def shard(num_groups: int, processes: int, index: int) -> slice:

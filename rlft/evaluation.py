@@ -38,7 +38,7 @@ from rlft.distributed import all_sum
 from rlft.engines.base import RolloutEngine, SamplingParams
 from rlft.files import atomic_write_text
 from rlft.objective import canonical_token_ids, completion_rows, log_partition, objective, reference_correct_mass
-from rlft.policy import score_completions
+from rlft.scoring import Scoring
 from rlft.prefill import shared_prompt_rows
 from rlft.rewards import Grader
 from rlft.sources import stable_seed
@@ -86,13 +86,15 @@ class EvalSums:
 def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grader: Grader,
                     problems: Sequence[Problem], prompt_fn: Callable[[str], str], sampling: SamplingParams,
                     samples: int, seed_parts: tuple, device: torch.device,
-                    reference_mass: bool = False) -> tuple[EvalSums, torch.Tensor | None]:
-    """Evaluate the engine's current policy on ``problems`` (see the module docstring).
+                    reference_mass: bool = False, scoring: Scoring | None = None) -> tuple[EvalSums, torch.Tensor | None]:
+    """Evaluate the engine's current policy on ``problems`` (see the module docstring); pi_ref's
+    log-probs are scored by ``scoring`` (default: at the sampling temperature, all rows at once).
 
     Returns:
         the sums, and with ``reference_mass`` the [N] float64 p(x) per problem (else None).
     """
     sums, masses = EvalSums(), []
+    scoring = scoring or Scoring(temperature=sampling.temperature)
     per_chunk = max(1, CHUNK_ROWS // samples)
     # greedy decoding draws nothing: every problem in one call, which the engine batches as it can
     greedy = engine.generate([prompt_fn(p.question) for p in problems], 1, dataclasses.replace(sampling, temperature=0.0),
@@ -107,8 +109,7 @@ def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grad
                       completion_ids=drawn.completion_ids, completion_mask=drawn.completion_mask,
                       group_ids=torch.arange(len(drawn)), rewards=rewards.float(),
                       behavior_logprobs=drawn.logprobs).to(device)
-        ell = batch.sequence_sum(batch.behavior_logprobs) - _distinct_sequence_logprobs(ref_model, batch,
-                                                                                      sampling.temperature)
+        ell = batch.sequence_sum(batch.behavior_logprobs) - _distinct_sequence_logprobs(ref_model, batch, scoring)
         canonical = canonical_token_ids(tokenizer, golds)
         rows = completion_rows(drawn.completion_ids, drawn.completion_mask)
         is_canonical = torch.tensor([rows[i] == tuple(canonical[i // samples]) for i in range(len(rows))])
@@ -117,14 +118,14 @@ def evaluate_policy(engine: RolloutEngine, ref_model: nn.Module, tokenizer, grad
                           tokens=float(drawn.completion_mask.sum()),
                           canonical_correct=float((rewards * is_canonical.double()).sum())))
         if reference_mass:
-            logprob = _canonical_logprob(ref_model, drawn, canonical, samples, sampling.temperature,
-                                         tokenizer.pad_token_id, device)
+            logprob = _canonical_logprob(ref_model, drawn, canonical, samples, scoring, tokenizer.pad_token_id,
+                                         device)
             masses.append(reference_correct_mass(logprob, rewards.view(len(part), samples),
                                                  is_canonical.view(len(part), samples)))
     return sums, (torch.cat(masses) if reference_mass else None)
 
 
-def _distinct_sequence_logprobs(model: nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
+def _distinct_sequence_logprobs(model: nn.Module, batch: Batch, scoring: Scoring) -> torch.Tensor:
     """[B] log model(y | x) of every row, scoring each distinct (prompt, completion) pair once: the
     samples of a sharpened policy repeat, and a repeat has the same log-prob."""
     shared = shared_prompt_rows(torch.cat([batch.prompt_ids, batch.completion_ids], dim=1),
@@ -132,15 +133,14 @@ def _distinct_sequence_logprobs(model: nn.Module, batch: Batch, temperature: flo
     if shared is None:  # every row distinct
         shared = torch.arange(len(batch), device=batch.prompt_ids.device), None
     first, inverse = shared
-    logprobs = score_completions(model, batch.prompt_ids[first], batch.prompt_mask[first],
-                                 batch.completion_ids[first], batch.completion_mask[first],
-                                 temperature=temperature).logprobs
+    logprobs = scoring.logprobs(model, batch.prompt_ids[first], batch.prompt_mask[first],
+                                batch.completion_ids[first], batch.completion_mask[first])
     sums = logprobs.sum(dim=1)  # logprobs are 0 on padding
     return sums if inverse is None else sums[inverse]
 
 
 def _canonical_logprob(ref_model: nn.Module, drawn, canonical: list[list[int]], samples: int,
-                       temperature: float, pad: int, device: torch.device) -> torch.Tensor:
+                       scoring: Scoring, pad: int, device: torch.device) -> torch.Tensor:
     """[N] log pi_ref(c(x) | x) of each problem's canonical completion, in float64."""
     prompt_ids, prompt_mask = drawn.prompt_ids[::samples], drawn.prompt_mask[::samples]
     width = max(len(c) for c in canonical)
@@ -148,8 +148,8 @@ def _canonical_logprob(ref_model: nn.Module, drawn, canonical: list[list[int]], 
     mask = torch.zeros((len(canonical), width), dtype=torch.bool)
     for i, row in enumerate(canonical):
         ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), True
-    logprobs = score_completions(ref_model, prompt_ids.to(device), prompt_mask.to(device), ids.to(device),
-                                 mask.to(device), temperature=temperature, share_prompts=False).logprobs
+    logprobs = scoring.logprobs(ref_model, prompt_ids.to(device), prompt_mask.to(device), ids.to(device),
+                                mask.to(device), share_prompts=False)
     return logprobs.double().sum(dim=1).cpu()
 
 
@@ -170,6 +170,7 @@ class Evaluator:
     rank: int
     processes: int
     device: torch.device
+    scoring: Scoring | None = None  # how pi_ref scores (default: at the sampling temperature, all rows at once)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy and sampled test accuracy, KL(pi || pi_ref), J(pi) (and J* at step 0)."""
@@ -215,7 +216,7 @@ class Evaluator:
         tag = () if self.processes == 1 else (self.rank,)
         local, masses = evaluate_policy(self.engine, self.ref_model, self.tokenizer, self.grader, problems,
                                         self.prompt_fn, self.sampling, self.config.eval_samples, (step, *tag),
-                                        self.device, reference_mass=step == 0)
+                                        self.device, reference_mass=step == 0, scoring=self.scoring)
         total = all_sum(torch.tensor(local.as_list(), dtype=torch.float64, device=self.device)).tolist()
         return EvalSums.from_list(total), masses
 

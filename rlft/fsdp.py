@@ -21,37 +21,44 @@ What is sharded and what is not:
   the full weights gathered once per step (:func:`full_state_dict`); sampling needs no collective,
   so processes may generate different numbers of tokens.
 
-Checkpoints stay the one-process format: a gathered state dict (a normal HF folder) and a gathered
-optimizer state (:func:`full_optimizer_state_dict`), loaded back into the shards on resume.
+Checkpoints are sharded (:func:`save_sharded`, torch.distributed.checkpoint): each process writes
+and reads back its own shards of the policy and of AdamW's state, nothing is gathered; the last
+step's checkpoint also holds the weights as a normal HF folder, gathered on the main process only
+(:func:`gathered_on_main`).
 """
 
 from __future__ import annotations
 
-import copy
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import Tensor, nn
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
+    get_state_dict,
+    set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from rlft.distributed import world_size
+from rlft.precision import dtype_name
 
 #: Gather every shard to every process (the engine and the stale:K source run on every process).
 FULL = StateDictOptions(full_state_dict=True)
+#: The checkpoint's folder of shards (torch.distributed.checkpoint).
+SHARDED = "sharded"
 
 
-def shard_policy(policy: nn.Module, model: nn.Module) -> nn.Module:
+def shard_policy(policy: nn.Module, model: nn.Module, mp_policy: MixedPrecisionPolicy | None = None) -> nn.Module:
     """Shard ``policy`` (``model`` itself, or a :class:`~rlft.policy.PolicyWithValue` around it) in place
     over all processes: one FSDP unit per decoder layer of ``model``, the root unit for the rest.
+    ``mp_policy``: FSDP2's mixed precision (:func:`rlft.precision.fsdp_policy`; bfloat16 compute
+    from float32 shards under ``--dtype bfloat16``).
 
     Build the optimizer AFTER this call: its parameters must be the sharded ones.
     """
@@ -61,10 +68,13 @@ def shard_policy(policy: nn.Module, model: nn.Module) -> nn.Module:
                          "rlft cannot pick the FSDP units")
     device = next(policy.parameters()).device
     mesh = init_device_mesh(device.type, (world_size(),))
+    mp_policy = mp_policy or MixedPrecisionPolicy()
     for module in list(model.modules()):
         if type(module).__name__ in layers:
-            fully_shard(module, mesh=mesh)
-    fully_shard(policy, mesh=mesh)
+            fully_shard(module, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(policy, mesh=mesh, mp_policy=mp_policy)
+    if mp_policy.param_dtype is not None:  # what its forward computes in (rlft.precision.compute_kind)
+        model.compute_kind = dtype_name(mp_policy.param_dtype)
     return policy
 
 
@@ -78,20 +88,25 @@ def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
     return get_model_state_dict(module, options=FULL)
 
 
-def load_full_state_dict(module: nn.Module, state: dict[str, Tensor]) -> None:
-    """Copy full tensors (as :func:`full_state_dict` returns them) into the shards of ``module``.
-    (``state`` is left as it is: torch replaces the entries of the mapping it is given by shards.)"""
-    set_model_state_dict(module, dict(state), options=FULL)
+def gathered_on_main(module: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer of the sharded ``module`` as full CPU tensors on the main process
+    only ({} elsewhere): for writing an HF folder without a full copy on every process (a collective)."""
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def full_optimizer_state_dict(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer state of the sharded ``module`` with full tensors, keyed by parameter name (a collective)."""
-    return get_optimizer_state_dict(module, optimizer, options=FULL)
+def save_sharded(policy: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Write ``policy``'s and ``optimizer``'s shards into ``folder`` with torch.distributed.checkpoint:
+    each process writes its own files, nothing is gathered (a collective: every process calls it)."""
+    model_state, optimizer_state = get_state_dict(policy, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
 
 
-def load_full_optimizer_state_dict(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load what :func:`full_optimizer_state_dict` returned into the shards of the optimizer state."""
-    set_optimizer_state_dict(module, optimizer, copy.deepcopy(state), options=FULL)
+def load_sharded(policy: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Read what :func:`save_sharded` wrote back into the shards of ``policy`` and ``optimizer`` (a
+    collective; the same number of processes)."""
+    model_state, optimizer_state = get_state_dict(policy, optimizer)
+    dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
+    set_state_dict(policy, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 
 def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> float:

@@ -1,172 +1,65 @@
-"""A transformers causal LM as a policy: token log-probs of completions, entropy, a value head.
+"""A transformers causal LM as a policy: a value head on its final hidden states (PPO), save / load.
 
-The trainer scores a :class:`~rlft.batch.Batch` as one forward pass over
-``cat([prompt_ids, completion_ids], 1)`` (prompts left-padded, completions right-padded) with
-``position_ids`` derived from the attention mask, so left padding changes nothing: the log-probs
-agree with the ones a rollout engine recorded while sampling (tested to 1e-4 in fp32). When rows
-repeat a prompt (the n samples of a group) or the prompts open with a common template, the
-prompts are run first, each distinct prompt and the common prefix once (:mod:`rlft.prefill`), and
-the completions on their key / value cache: the prompt work (forward and backward) shrinks by the
-group size and more, for the same values up to float round-off (``share_prompts``).
+A policy is scored by :mod:`rlft.scoring` (``score_batch`` also takes a :class:`PolicyWithValue`,
+which adds ``values``): one forward, each repeated prompt piece once, the output projection in
+chunks, no [B, T, V] tensor; the log-probs agree with the ones a rollout engine recorded while
+sampling (tested to 1e-4 in fp32).
 
 Shapes::
 
-    prompt_ids, prompt_mask          [B, P]   (P >= 1: every prompt has at least one real token)
-    completion_ids, completion_mask  [B, T]
-    TokenScores.logprobs             [B, T]   log pi(y_t | x, y_<t) at ``temperature``, 0 on padding
-    TokenScores.entropy              [B, T]   entropy of pi(. | x, y_<t) at ``temperature``, 0 on padding
-    TokenScores.hidden               [B, T, H] final hidden state at the position predicting y_t
-    TokenScores.values               [B, T]   value of the state before y_t (``ValueHead``), 0 on padding
+    hidden  [B, T, H]  final hidden state at the position that predicts completion token t
+    values  [B, T]     value of the state before completion token t (:class:`ValueHead`), 0 on padding
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from rlft.files import atomic_write_text
-from rlft.prefill import PromptPlan, position_ids_from_mask, prefill, shares_prefix, unwrap, with_cache
+from rlft.prefill import unwrap
+from rlft.scoring import TokenScores, at_least_float32, score_completions
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-@dataclass
-class TokenScores:
-    """What one forward pass gives per completion token (see the module docstring for shapes)."""
-
-    logprobs: Tensor
-    entropy: Tensor | None = None
-    hidden: Tensor | None = None
-    values: Tensor | None = None
-
-
-def score_completions(
-    model: nn.Module,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    *,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    with_hidden: bool = False,
-    share_prompts: bool = True,
-) -> TokenScores:
-    """Log-probs (and optionally entropy, final hidden states) of every completion token.
-
-    Args:
-        model: a transformers causal LM (possibly wrapped by DDP / accelerate).
-        temperature: score under ``softmax(logits / temperature)``; use the engine's sampling
-            temperature to recover its behaviour log-probs.
-        with_entropy: also return the per-token entropy (differentiable).
-        with_hidden: also return the final hidden states (for a value head).
-        share_prompts: run each distinct prompt once when rows repeat it (the samples of a group),
-            and the prefix common to all prompts once (:mod:`rlft.prefill`), then the completions
-            on their key / value cache (:func:`_forward_on_prefill`); else one forward over every
-            full row. Same values up to float round-off (attention and matrix products over other
-            shapes sum in other orders; bounded in tests/tolerances.py). A float64 model, or one
-            sharded by FSDP2, runs its distinct prompts whole (:func:`rlft.prefill.shares_prefix`).
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
-    if prompt_ids.shape[1] < 1:
-        raise ValueError("prompts must have at least one token (e.g. BOS) to score the first completion token")
-    plan = PromptPlan.of(prompt_ids, prompt_mask, share=share_prompts, share_prefix=shares_prefix(model))
-    if plan.shares_work:
-        logits, hidden = _forward_on_prefill(model, plan, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                             with_hidden)
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """transformers' own per-decoder-layer activation checkpointing (non-reentrant): called
+    ``activation_checkpointing_enable`` from transformers 5.25, ``gradient_checkpointing_enable`` before."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        logits, hidden = _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden)
-    logits = at_least_float32(logits)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)  # [B, T, V]
-    mask = completion_mask.bool()
-    zero = logits.new_zeros(())
-    logprobs = torch.where(mask, logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1), zero)
-    entropy = None
-    if with_entropy:
-        entropy = torch.where(mask, -(logp_all.exp() * logp_all).sum(-1), zero)
-    return TokenScores(logprobs=logprobs, entropy=entropy, hidden=hidden)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 if it is of a narrower float type (bfloat16, float16), else unchanged (float64 stays)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+@contextmanager
+def checkpointed_layers_on(model: nn.Module) -> Iterator[None]:
+    """Within the block, the layers :func:`enable_activation_checkpointing` made checkpointed recompute
+    their activations in the backward pass (``--gradient-checkpointing``).
 
-
-def _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden):
-    """One forward over ``cat([prompt, completion])``: ([B, T, V] logits, [B, T, H] hidden or None)
-    at the positions P-1 .. P+T-2 that predict the completion tokens."""
-    P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, completion_ids[:, :-1]], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1).long()
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=T,  # positions P-1 .. P+T-2 (the last completion token predicts nothing we score)
-        output_hidden_states=with_hidden,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1][:, P - 1 :] if with_hidden else None
-    return out.logits, hidden
-
-
-def _forward_on_prefill(model, plan: PromptPlan, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                        with_hidden):
-    """:func:`_forward_whole` with the prompts run first as ``plan`` says (:func:`rlft.prefill.prefill`),
-    then the completions on their key / value cache: the same logits, with less prompt work."""
-    T = completion_ids.shape[1]
-    state = prefill(model, prompt_ids, prompt_mask, plan, with_hidden=with_hidden)
-    if state is None:  # the model gave no cache (e.g. gradient checkpointing in training mode)
-        return _forward_whole(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_hidden)
-    logits = state.logits[:, None]  # [B, 1, V]: predicts the first completion token
-    if T == 1:
-        return logits, state.hidden
-    attention_mask = torch.cat([state.mask, completion_mask[:, :-1].long()], dim=1)
-    rest = model(
-        input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask)[:, state.mask.shape[1]:],
-        **with_cache(model, state.cache), output_hidden_states=with_hidden, use_cache=True,
-    )
-    logits = torch.cat([logits, rest.logits], dim=1)
-    hidden = torch.cat([state.hidden, rest.hidden_states[-1]], dim=1) if with_hidden else None
-    return logits, hidden
-
-
-def token_logprobs(
-    model: nn.Module,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    temperature: float = 1.0,
-) -> Tensor:
-    """[B, T] log pi(y_t | x, y_<t) at ``temperature``, 0 on padding (see :func:`score_completions`)."""
-    return score_completions(
-        model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature
-    ).logprobs
-
-
-def score_batch(model: nn.Module, batch, *, temperature: float = 1.0, with_entropy: bool = False,
-                share_prompts: bool = True) -> TokenScores:
-    """:func:`score_completions` on the prompt / completion fields of a :class:`~rlft.batch.Batch`.
-
-    ``model`` may also be a :class:`PolicyWithValue`, which adds ``values``.
+    transformers checkpoints a layer only when the layer is in training mode; rlft keeps the policy in
+    eval mode (no dropout, as TRL's ``disable_dropout``), so only those layers themselves, not their
+    sub-modules, are marked as training, and only for the block. A checkpointed layer keeps no key /
+    value cache: score with ``share_prompts=False`` inside.
     """
-    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-    if isinstance(unwrap(model), PolicyWithValue):
-        return model(*args, temperature=temperature, with_entropy=with_entropy, share_prompts=share_prompts)
-    return score_completions(model, *args, temperature=temperature, with_entropy=with_entropy,
-                             share_prompts=share_prompts)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
 
 
 class ValueHead(nn.Module):
@@ -211,10 +104,11 @@ class PolicyWithValue(nn.Module):
         temperature: float = 1.0,
         with_entropy: bool = False,
         share_prompts: bool = True,
+        chunk_tokens: int = 0,
     ) -> TokenScores:
         scores = score_completions(
-            self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-            temperature=temperature, with_entropy=with_entropy, with_hidden=True, share_prompts=share_prompts,
+            self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
+            with_entropy=with_entropy, with_hidden=True, share_prompts=share_prompts, chunk_tokens=chunk_tokens,
         )
         values = self.value_head(scores.hidden)
         scores.values = torch.where(completion_mask.bool(), values, values.new_zeros(()))

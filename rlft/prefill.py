@@ -2,7 +2,7 @@
 
 The n samples of a group repeat their prompt, and the prompts of a task open with the same
 template (``"<s>Question: What is "`` for ``arith`` with the tiny preset; a chat template's system
-turn). Before completions are sampled (:mod:`rlft.engines.hf`) or scored (:mod:`rlft.policy`),
+turn). Before completions are sampled (:mod:`rlft.engines.hf`) or scored (:mod:`rlft.scoring`),
 :func:`prefill` runs
 
 1. the longest prefix that every distinct prompt starts with, once, as one row (when it is at least

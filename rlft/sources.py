@@ -29,11 +29,11 @@ from torch import Tensor
 
 from rlft.batch import Batch
 from rlft.data import Problem
-from rlft.distributed import shard
+from rlft.distributed import broadcast_state, shard
 from rlft.engines.base import Generation, RolloutEngine, SamplingParams
 from rlft.errors import UsageError
 from rlft.mixing import offpolicy_groups
-from rlft.policy import at_least_float32, token_logprobs
+from rlft.scoring import Scoring, at_least_float32
 
 #: (completion texts, gold answers) -> rewards
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -134,48 +134,71 @@ class RefPoolSource(BehaviorSource):
 
 
 class StaleSource(BehaviorSource):
-    """The policy of ``lag`` optimizer steps ago, sampled by its own engine copy."""
+    """The policy of ``lag`` optimizer steps ago, sampled by its own engine.
+
+    The weights of the last ``lag + 1`` steps are kept once: by the main process (rank 0), in CPU
+    memory, and only it checkpoints them. After each optimizer step, the weights the next step
+    samples from are sent to every process's engine (a broadcast, :func:`rlft.distributed.broadcast_state`,
+    only when they change), so no other process keeps a copy it does not sample from.
+    """
 
     def __init__(self, engine: RolloutEngine, lag: int, prompt_fn: PromptFn, reward_fn: RewardFn,
-                 params: SamplingParams, initial_state: Mapping[str, Tensor]) -> None:
+                 params: SamplingParams, initial_state: Mapping[str, Tensor], rank: int = 0,
+                 device: torch.device | str = "cpu") -> None:
         if lag < 1:
             raise UsageError(f"stale:K needs K >= 1 (steps of lag), got {lag}")
         self.tag, self.lag = f"stale:{lag}", lag
-        self.engine = engine
+        self.engine, self.keeps, self.device = engine, rank == 0, device
+        #: shapes and dtypes of the weights, for the processes that receive them
+        self.template = {k: (v.shape, v.dtype) for k, v in initial_state.items()}
         self.snapshots: collections.deque = collections.deque(maxlen=lag + 1)
-        self.snapshots.append((0, _cpu_copy(initial_state)))
-        self.loaded_step = 0
+        if self.keeps:
+            self.snapshots.append((0, _cpu_copy(initial_state)))
+        self.loaded_step = 0  # the engine starts from the initial weights
         self.sampler = EngineSource(engine, prompt_fn, reward_fn, params, self.tag, True, lambda: self.loaded_step)
 
     def after_update(self, step: int, state_dict: Mapping[str, Tensor]) -> None:
-        self.snapshots.append((step, _cpu_copy(state_dict)))
+        if self.keeps:
+            self.snapshots.append((step, _cpu_copy(state_dict)))
+        self._load(max(0, step - self.lag))
+
+    def _load(self, step: int) -> None:
+        """Give every process's engine the weights of ``step`` (the oldest snapshot: ``lag`` steps ago)."""
+        if step == self.loaded_step:
+            return
+        if self.keeps and self.snapshots[0][0] != step:
+            raise RuntimeError(f"stale:{self.lag}: the weights of step {step} are not kept")
+        state = broadcast_state(self.snapshots[0][1] if self.keeps else None, self.template, self.device)
+        self.engine.load_weights(state)
+        self.loaded_step = step
 
     def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
-        step, state = self.snapshots[0]  # K steps ago once the deque is full
-        if step != self.loaded_step or self.engine.version == 0:
-            self.engine.load_weights(state)
-            self.loaded_step = step
         return self.sampler.sample(problems, n, seed)
 
     def state_dict(self) -> dict:
-        return {"snapshots": list(self.snapshots)}
+        return {"snapshots": list(self.snapshots), "loaded_step": self.loaded_step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.snapshots = collections.deque(state["snapshots"], maxlen=self.lag + 1)
-        self.engine.version = 0  # force a reload of the right snapshot
+        """Restore (every process: the engine's weights are sent again, a collective)."""
+        if self.keeps:
+            self.snapshots = collections.deque(state["snapshots"], maxlen=self.lag + 1)
+        self.loaded_step = -1  # the engine holds the initial weights, not necessarily those of the step
+        # (checkpoints made before 2026-12-08 hold every process's snapshots and no loaded_step)
+        self._load(state["loaded_step"] if "loaded_step" in state else state["snapshots"][0][0])
 
 
 class DatasetSource(BehaviorSource):
-    """Groups of completions from a jsonl file; behaviour log-probs scored under pi_ref at the run's
-    sampling temperature, on the reference model's device (where the batch is built)."""
+    """Groups of completions from a jsonl file; behaviour log-probs scored under pi_ref by ``scoring``
+    (the run's sampling temperature, chunk and rows), on the reference model's device (where the
+    batch is built)."""
 
     tag = "dataset"
     logprobs_are_reference = True  # scored by pi_ref (the file is treated as a sample of pi_ref)
 
     def __init__(self, path: str | Path, tokenizer, ref_model: torch.nn.Module, prompt_fn: PromptFn,
-                 temperature: float = 1.0) -> None:
+                 scoring: Scoring = Scoring()) -> None:
         self.path = Path(path)
-        self.temperature = temperature
+        self.scoring = scoring
         if not self.path.is_file():
             raise UsageError(f"dataset:{path}: no such file (expected jsonl rows of prompt, completion, reward)")
         self.tokenizer, self.ref_model, self.prompt_fn = tokenizer, ref_model, prompt_fn
@@ -211,9 +234,7 @@ class DatasetSource(BehaviorSource):
         comps = tok([c + eos for c in completions], padding=True, padding_side="right", add_special_tokens=False)
         prompt_ids, completion_ids = (torch.tensor(e["input_ids"], device=device) for e in (prompts, comps))
         prompt_mask, completion_mask = (torch.tensor(e["attention_mask"], device=device).bool() for e in (prompts, comps))
-        with torch.no_grad():
-            behavior = token_logprobs(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                      temperature=self.temperature)
+        behavior = self.scoring.logprobs(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
         B = len(completions)
         return Batch(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask,

@@ -16,7 +16,7 @@ import torch
 from algorithms.base import LossOutput
 from rlft.batch import Batch
 from rlft.distributed import all_sum
-from rlft.policy import TokenScores
+from rlft.scoring import TokenScores
 
 
 class StepMetrics:

@@ -30,9 +30,7 @@ rerun with the same settings resumes from it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -52,15 +50,16 @@ from rlft.config import TrainConfig
 from rlft.cpu import warn_if_bf16_is_slow
 from rlft.data import Problem, format_prompt, load
 from rlft.distributed import all_true
-from rlft.engines import ENGINES, check_engine_args, resolve_engine
+from rlft.engines import check_engine_args, resolve_engine
 from rlft.engines.base import SamplingParams
-from rlft.engines.hf import HFEngine
 from rlft.errors import NonFiniteLoss, UsageError
 from rlft.evaluation import Evaluator
 from rlft.files import atomic_write_text, ensure_writable_dir, read_json
 from rlft.models import load_model
-from rlft.policy import PolicyWithValue, score_batch
+from rlft.policy import PolicyWithValue, checkpointed_layers_on, enable_activation_checkpointing
+from rlft.precision import Precision, compute_in, frozen_copy, fsdp_policy
 from rlft.rewards import REWARDS
+from rlft.scoring import Scoring, score_batch
 from rlft.sources import DatasetSource, EngineSource, Mixer, RefPoolSource, StaleSource, stable_seed
 from rlft.step_metrics import StepMetrics
 
@@ -79,7 +78,6 @@ class Trainer:
         self.out = Path(cfg.out)
         behavior_kind, behavior_arg = parse_behavior(cfg.behavior)
         check_engine_args(cfg.engine, cfg.engine_args)  # fails early, in one line, also if vLLM is missing
-        engine_cls = resolve_engine(cfg.engine)
         reward_cls = REWARDS.get(cfg.reward)  # an unknown reward fails here, before the model loads
         ensure_writable_dir(self.out)  # before the model is loaded
         if (self.out / "config.json").exists():
@@ -107,54 +105,81 @@ class Trainer:
         # the same test problems for every seed, so seeds differ only in training
         self.test_set = load(cfg.dataset, "test", seed=0, limit=cfg.eval_problems)
         set_seed(cfg.seed)  # Python's, NumPy's and torch's global generators
-        model, self.tokenizer = load_model(cfg.model, dtype=getattr(torch, cfg.dtype))
+        self.precision = Precision(cfg.dtype)
+        model, self.tokenizer = load_model(cfg.model, dtype=self.precision.master)
         if cfg.threads or sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
             torch.set_num_threads(cfg.threads or 1)
         warn_if_bf16_is_slow(cfg.dtype, self.accelerator.device)
         model.to(self.accelerator.device)
-        # pi_ref: a frozen copy; under --lora the model's own frozen weights, without the adapters
-        self.ref_model = lora.reference_view(model) if cfg.lora else copy.deepcopy(model).eval().requires_grad_(False)
+        self.ref_model = self._set_precision(model)  # pi_ref: a frozen copy that computes as the policy does
+        if cfg.gradient_checkpointing:  # transformers' own, each decoder layer recomputed in the backward pass
+            enable_activation_checkpointing(model)
         self.model = model  # the LM inside the policy (sharded in place under --fsdp, adapted under --lora)
         self.policy = PolicyWithValue(model) if self.algorithm.needs.value_head else model
+        #: how completions are scored without gradients (pi_ref, pi_old, evaluation, dataset source)
+        self.scoring = Scoring(temperature=cfg.temperature, chunk_tokens=cfg.score_chunk_tokens,
+                               rows=cfg.micro_groups * cfg.group_size)
 
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.completion_budget)
-        # the engine and the behaviour source take the full weights now, before --fsdp shards them (the HF
-        # engine then samples from its own full copy: no collective inside generation) or --lora adapts them
-        # (the HF engine shares the model, adapters included; the others receive merged weights)
-        engine_args = {"own_copy": True, **cfg.engine_args} if cfg.fsdp and engine_cls is HFEngine else cfg.engine_args
-        self.engine = engine_cls(model, self.tokenizer, **engine_args)
-        #: whether on-policy behaviour log-probs are replaced by the trainer's pi_old (see update)
-        self.recompute_behavior = (cfg.recompute_behavior == "on" or self.algorithm.needs.recompute_behavior or
-                                   (cfg.recompute_behavior == "auto" and not self.engine.computes_like(model)))
+        # the engines take the full weights now, before --fsdp shards them (an HF engine then samples from
+        # its own full copy: no collective inside generation) or --lora adapts them (the HF engine shares
+        # the model, adapters included; the others receive merged weights)
+        self.engine_cls = resolve_engine(cfg.engine, model)  # ``auto`` decided here, for this model
+        self.engine = self._engine(model, sharded=cfg.fsdp)
         self.grader = reward_cls()
         policy_source = EngineSource(self.engine, self.prompt, self.grader, self.sampling, "policy", False,
                                      lambda: self.engine.version)
         self.behavior = self._behavior_source(behavior_kind, behavior_arg)
         #: peft's model under --lora (its adapters are injected into ``model`` in place), else None
         self.peft_model = lora.add_adapters(model, lora.parse_lora(cfg.lora)) if cfg.lora else None
-        if cfg.fsdp:
-            fsdp.shard_policy(self.policy, model)  # before the optimizer, which must hold the shards
+        if cfg.fsdp:  # before the optimizer, which must hold the shards
+            fsdp.shard_policy(self.policy, model, fsdp_policy(self.precision))
+        #: whether on-policy behaviour log-probs are replaced by the trainer's pi_old (see update)
+        self.recompute_behavior = (cfg.recompute_behavior == "on" or self.algorithm.needs.recompute_behavior or
+                                   (cfg.recompute_behavior == "auto" and not self.engine.computes_like(model)))
         self.optimizer = torch.optim.AdamW(lora.trainable_parameters(self.policy), lr=cfg.lr, weight_decay=0.0)
         if not cfg.fsdp:  # DDP (or nothing, with one process) through accelerate
             self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.mixer = Mixer(policy_source, self.behavior, cfg.offpolicy, cfg.seed, self.rank, self.processes)
         self.evaluator = Evaluator(cfg, self.engine, self.ref_model, self.tokenizer, self.grader, self.test_set,
-                                   self.prompt, self.sampling, self.rank, self.processes, self.accelerator.device)
+                                   self.prompt, self.sampling, self.rank, self.processes, self.accelerator.device,
+                                   self.scoring)
         self.start_step = 0
 
     # ---------------------------------------------------------------------------- set-up
     def prompt(self, question: str) -> str:
         return format_prompt(question, self.tokenizer)
 
+    def _set_precision(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Put the policy ``model`` in the run's precision (:mod:`rlft.precision`); returns pi_ref, a
+        frozen copy of it that computes as it does (under --lora the frozen weights without the adapters)."""
+        cfg, precision = self.config, self.precision
+        if precision.mixed and cfg.lora:  # frozen weights need no float32 master; peft keeps adapters in float32
+            model.to(precision.compute)
+        if precision.mixed and not cfg.fsdp:  # autocast, as accelerate's mixed_precision="bf16"
+            compute_in(model, precision.compute)
+        if cfg.lora:
+            return lora.reference_view(model)
+        # FSDP2 computes in bfloat16 from float32 shards: pi_ref beside it is a bfloat16 copy
+        return frozen_copy(model, precision.compute if cfg.fsdp and precision.mixed else None)
+
+    def _engine(self, model: torch.nn.Module, *, sharded: bool = False, own_weights: bool = False):
+        """An engine of the run's class (``--engine``) on ``model``, sampling as the trainer computes
+        (:meth:`rlft.engines.base.RolloutEngine.options`), with the user's ``--engine-arg``."""
+        options = self.engine_cls.options(model, compute_dtype=self.precision.compute, sharded=sharded,
+                                          own_weights=own_weights)
+        return self.engine_cls(model, self.tokenizer, **{**options, **self.config.engine_args})
+
     def _behavior_source(self, kind: str, arg: str):
+        """The ``--behavior`` source; the ``ref`` pool and ``stale:K`` sample with the run's engine class."""
         if kind == "ref":
-            ref_engine = ENGINES.get("hf")(self.ref_model, self.tokenizer)
-            return RefPoolSource(ref_engine, self.prompt, self.grader, self.sampling, self.config.seed)
+            return RefPoolSource(self._engine(self.ref_model), self.prompt, self.grader, self.sampling,
+                                 self.config.seed)
         if kind == "stale":
-            engine = ENGINES.get("hf")(self.model, self.tokenizer, own_copy=True)
-            return StaleSource(engine, int(arg), self.prompt, self.grader, self.sampling, self.model.state_dict())
-        return DatasetSource(arg, self.tokenizer, self.ref_model, self.prompt, self.config.temperature)
+            return StaleSource(self._engine(self.model, own_weights=True), int(arg), self.prompt, self.grader,
+                               self.sampling, self.model.state_dict(), self.rank, self.accelerator.device)
+        return DatasetSource(arg, self.tokenizer, self.ref_model, self.prompt, self.scoring)
 
     def problems_for_step(self, step: int) -> list[Problem]:
         """The ``groups`` training problems of step ``step`` (1-based): seeded epochs over the train set."""
@@ -224,7 +249,7 @@ class Trainer:
         with torch.no_grad():
             batch.ref_logprobs = self._reference_logprobs(batch)
             if algo.needs.prepare or self.recompute_behavior:
-                before = score_batch(self.policy, batch, temperature=cfg.temperature)
+                before = self.scoring.batch(self.policy, batch)
                 if self.recompute_behavior:
                     correction = rollout_correction.recompute_on_policy(
                         batch, before.logprobs, cfg.rollout_correction, cfg.rollout_correction_min,
@@ -237,14 +262,13 @@ class Trainer:
         """[B, T] log pi_ref of every completion token: scored by the frozen pi_ref, except on the
         off-policy rows of a source whose behaviour log-probs are pi_ref's already
         (``logprobs_are_reference``: the ``ref`` pool, a ``dataset`` file), which are taken as they are."""
-        score = functools.partial(score_batch, self.ref_model, temperature=self.config.temperature)
         known = batch.is_offpolicy
         if not self.behavior.logprobs_are_reference or not bool(known.any()):
-            return score(batch).logprobs
+            return self.scoring.batch(self.ref_model, batch).logprobs
         ref = batch.behavior_logprobs.clone()
         if not bool(known.all()):
             rest = (~known).nonzero().squeeze(1)
-            ref[rest] = score(batch.select(rest)).logprobs
+            ref[rest] = self.scoring.batch(self.ref_model, batch.select(rest)).logprobs
         return ref
 
     def _accumulate_gradients(self, mini: Batch, rows: torch.Tensor, step: int, epoch: int,
@@ -259,8 +283,12 @@ class Trainer:
         for i, micro in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
             # (FSDP2 reduce-scatters every micro-batch's gradients into the shards: the same sum)
-            with contextlib.nullcontext() if sync or self.config.fsdp else self.accelerator.no_sync(self.policy):
-                scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0)
+            with contextlib.nullcontext() if sync or self.config.fsdp else self.accelerator.no_sync(self.policy), \
+                    checkpointed_layers_on(self.model):
+                # (under gradient checkpointing a layer keeps no key / value cache: prompts run whole)
+                scores = score_batch(self.policy, micro, temperature=cfg.temperature, with_entropy=epoch == 0,
+                                     share_prompts=not cfg.gradient_checkpointing,
+                                     chunk_tokens=cfg.score_chunk_tokens)
                 out = algo.loss(micro, scores.logprobs, scores.values, norm)
                 self._check_finite(out.loss, step)
                 self.accelerator.backward(out.loss * self.processes)

@@ -19,6 +19,7 @@ ROOT = Path(__file__).parents[1]
 OTHER = dict(algo="grpo", model="some-org/some-model", dataset="gsm8k", reward="half_reward:HalfReward",
              behavior="stale:2", offpolicy=0.5, steps=7,
              groups=4, group_size=4, lr=1e-4, temperature=0.7, top_p=0.9, max_new_tokens=16, micro_groups=2,
+             score_chunk_tokens=512, gradient_checkpointing=True,
              max_grad_norm=0.5, eval_every=3, eval_problems=10, eval_samples=2, save_every=3, seed=5, engine="vllm",
              report_to="tensorboard", out="runs/other", dtype="float64", threads=2, fsdp=True,
              lora="r=8,alpha=16,targets=q_proj,v_proj", recompute_behavior="on",

@@ -23,7 +23,7 @@ import algorithms
 from algorithms import Normalizers
 from rlft.batch import Batch
 from rlft.engines.base import Generation
-from rlft.policy import token_logprobs
+from rlft.scoring import Scoring, token_logprobs
 from rlft.sources import DatasetSource, generation_batch
 from test_algorithms import lm_batch  # tests/test_algorithms.py
 
@@ -102,7 +102,7 @@ def test_dataset_source_builds_its_batch_on_the_reference_model_device(tiny, tmp
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "completion": f" {i + 1}", "reward": 1.0}) + "\n"
                             for i in range(3)))
-    source = DatasetSource(data, tok, model, lambda q: q, temperature=0.7)
+    source = DatasetSource(data, tok, model, lambda q: q, Scoring(temperature=0.7))
     with elsewhere():
         batch = source.sample([None, None], 2, seed=0)
     assert len(batch) == 4 and on_cpu(batch_tensors(batch))

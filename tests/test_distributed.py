@@ -172,7 +172,9 @@ def test_fsdp_run_killed_mid_training_resumes_exactly(tmp_path):
     straight = run(fsdp_train(tmp_path / "straight", steps), tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     saved = tmp_path / "straight" / "checkpoint"
+    # the last step's checkpoint: the shards, and the weights gathered into an HF folder
     assert (saved / "model.safetensors").is_file() and (saved / "value_head.safetensors").is_file()
+    assert len(list((saved / "sharded").glob("*.distcp"))) == 2
 
     out = tmp_path / "killed"
     with open(tmp_path / "killed.log", "w") as log:
@@ -188,6 +190,9 @@ def test_fsdp_run_killed_mid_training_resumes_exactly(tmp_path):
         proc.wait()
     killed_at = json.loads(state.read_text())["step"]
     assert proc.returncode == -signal.SIGKILL and 2 <= killed_at < steps, (tmp_path / "killed.log").read_text()[-2000:]
+    # a checkpoint before the last step: each process's own shards, nothing gathered
+    assert len(list((out / "checkpoint" / "sharded").glob("*.distcp"))) == 2
+    assert not (out / "checkpoint" / "model.safetensors").exists()
 
     resumed = run(fsdp_train(out, steps), tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -213,3 +218,26 @@ def test_fsdp_feeds_the_stale_source_the_gathered_weights(tmp_path):
     for a, b in zip(ddp[1:], fsdp[1:]):
         assert a["reward"] == b["reward"] and a["reward_offpolicy"] == b["reward_offpolicy"]
         assert abs(a["loss"] - b["loss"]) <= 1e-9 and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-9 * a["grad_norm"]
+
+
+@pytest.mark.parametrize("engine,dtype", [("auto", "bfloat16"), ("hf", "float32")])
+def test_fsdp_with_the_hf_engine_finishes(tmp_path, engine, dtype):
+    """--fsdp with --engine auto (resolved to the HF engine where vLLM is missing: it must sample from its
+    own full copy, not from the shards, or the processes call collectives unevenly and hang) and with
+    --engine hf; in bfloat16 (FSDP2's mixed precision: float32 shards, bfloat16 compute) and float32.
+    The stale:1 source samples with the same engine class, its weights kept by the main process only."""
+    out = tmp_path / "run"
+    done = run(torchrun(2, "-m", "rlft.train", "--fsdp", "--engine", engine, "--dtype", dtype, "--algo", "grpo",
+                        "--behavior", "stale:1", "--offpolicy", "0.5", "--steps", "2", "--groups", "4",
+                        "--group-size", "4", "--eval-every", "2", "--eval-problems", "8", "--save-every", "1",
+                        "--out", str(out)), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in records_without_timing(out)] == [0, 1, 2]
+    checkpoint = out / "checkpoint"
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:  # the float32 master weights
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    main, other = (torch.load(checkpoint / f"behavior-{r}.pt", weights_only=False) for r in (0, 1))
+    assert [step for step, _ in main["snapshots"]] == [1, 2] and other["snapshots"] == []
+    assert main["loaded_step"] == other["loaded_step"] == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlft.engines import ENGINES, Generation, HFEngine, RolloutEngine, SamplingParams
-from rlft.policy import token_logprobs
+from rlft.scoring import token_logprobs
 from tolerances import logprob_tolerance  # tests/tolerances.py
 
 PROMPTS = [
@@ -216,7 +216,7 @@ def test_no_deprecation_warning_from_our_forward_calls(tiny):
     none of transformers' FutureWarnings or DeprecationWarnings reaches the user's console."""
     import warnings
 
-    from rlft.policy import score_completions
+    from rlft.scoring import score_completions
 
     model, tok = tiny
     with warnings.catch_warnings():

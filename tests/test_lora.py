@@ -15,7 +15,7 @@ from rlft.config import TrainConfig
 from rlft.errors import UsageError
 from rlft.lora import LoraSettings, parse_lora
 from rlft.models import load_model
-from rlft.policy import score_batch
+from rlft.scoring import score_batch
 from rlft.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

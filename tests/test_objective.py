@@ -26,7 +26,7 @@ from rlft.engines.hf import HFEngine
 from rlft.evaluation import evaluate_policy
 from rlft.models.tiny import build_char_tokenizer
 from rlft.objective import log_partition, objective, objective_gap, optimal_objective
-from rlft.policy import score_completions
+from rlft.scoring import score_completions
 from rlft.rewards import Grader
 
 MAX_TOKENS = 3

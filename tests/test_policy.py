@@ -8,16 +8,9 @@ import torch
 
 from rlft.batch import Batch
 from rlft.engines import HFEngine, SamplingParams
-from rlft.policy import (
-    PolicyWithValue,
-    ValueHead,
-    load_policy,
-    position_ids_from_mask,
-    save_policy,
-    score_batch,
-    score_completions,
-    token_logprobs,
-)
+from rlft.policy import PolicyWithValue, ValueHead, load_policy, save_policy
+from rlft.prefill import position_ids_from_mask
+from rlft.scoring import score_batch, score_completions, token_logprobs
 from tolerances import difference, forward_reductions, logprob_tolerance, max_abs_logit  # tests/tolerances.py
 
 PROMPTS = [

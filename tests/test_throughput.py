@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.throughput import MARKER, read_sections, write_section
 from rlft.engines import HFEngine, SamplingParams
-from rlft.policy import score_completions
+from rlft.scoring import score_completions
 from rlft.prefill import PromptPlan, shared_prompt_rows
 from tolerances import difference, forward_reductions, logprob_tolerance, max_abs_logit  # tests/tolerances.py
 

@@ -16,7 +16,7 @@ import torch
 
 import algorithms
 from rlft.errors import NonFiniteLoss, UsageError
-from rlft.policy import score_batch
+from rlft.scoring import score_batch
 from rlft.trainer import TrainConfig, Trainer
 from tolerances import logprob_tolerance  # tests/tolerances.py
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -110,6 +110,16 @@ class RolloutEngine(ABC):
     @abstractmethod
     def load_weights(self, state_dict: Mapping[str, Tensor]) -> None:
         """Copy the trainer's weights in and bump :attr:`version`."""
+
+    @classmethod
+    def options(cls, model: torch.nn.Module, *, compute_dtype: torch.dtype, sharded: bool,
+                own_weights: bool) -> dict[str, Any]:
+        """Keyword arguments, beside the user's ``--engine-arg`` (which win), for an engine built on
+        ``model`` that must sample as the trainer's forward computes: in ``compute_dtype`` (bfloat16
+        under mixed precision, whose master weights ``model`` holds in float32), from weights of its
+        own when the policy is ``sharded`` by FSDP2 (sampling must not call collectives) or when it
+        samples an ``own_weights`` policy (a stale one). Default: none."""
+        return {}
 
     def computes_like(self, model: torch.nn.Module) -> bool:
         """True if the log-probs this engine records are the trainer's own computation for ``model``

@@ -33,7 +33,10 @@ import torch
 from torch import Tensor
 from transformers import (
     GenerationConfig,
+    LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TemperatureLogitsWarper,
@@ -42,13 +45,10 @@ from transformers import (
 )
 
 from rlft.engines.base import ENGINES, Generation, RolloutEngine, SamplingParams, encode_prompts
-from rlft.policy import at_least_float32
+from rlft.precision import compute_kind
+from rlft.scoring import at_least_float32
 from rlft.prefill import PromptPlan, position_ids_from_mask, prefill, shares_prefix, with_cache
 
-#: Upper bound on the [rows, steps, vocab] float32 scores one ``generate`` call may keep. The own
-#: sampling loop keeps none, but it splits a call into the same chunks, so that a seed draws the
-#: same samples on either path.
-SCORES_BUDGET_BYTES = 512 * 2**20
 #: The share of stopped rows at which the own sampling loop stops running the model on them
 #: (``drop_finished``): dropping their cache rows is a copy, so it waits until it saves a quarter.
 DROP_FINISHED_AT = 0.25
@@ -68,8 +68,8 @@ class HFEngine(RolloutEngine):
             one the trainer updates in place; :meth:`load_weights` then only bumps the version.
             ``True`` deep-copies the model at construction; :meth:`load_weights` copies the
             trainer's tensors into that copy (as a separate inference engine would).
-        max_batch_rows: at most this many rows (prompt x sample) per ``generate`` call; fewer if
-            the recorded scores would exceed :data:`SCORES_BUDGET_BYTES`.
+        max_batch_rows: at most this many rows (prompt x sample) per model call, whatever the
+            vocabulary: no [rows, steps, vocab] tensor is kept (a step holds [rows, vocab] scores).
         share_prompts: prefill each distinct prompt of a call once, and the prefix common to
             all of them once, and share their key / value cache among the rows (see the module
             docstring); ``False`` prefills every row as it is. Recorded log-probs agree up to
@@ -134,15 +134,26 @@ class HFEngine(RolloutEngine):
                 self.model.load_state_dict(dict(state_dict), strict=True)
         self.version += 1
 
+    @classmethod
+    def options(cls, model, *, compute_dtype: torch.dtype, sharded: bool, own_weights: bool) -> dict:
+        """Sample from ``model`` itself (its forward is the trainer's, autocast included), or from an
+        own copy when the policy is sharded or ``own_weights`` is asked; a copy of an FSDP2 policy
+        that computes in bfloat16 from float32 shards is kept in bfloat16, as its forward computes."""
+        if not (sharded or own_weights):
+            return {}
+        plain = getattr(model, "autocast_dtype", None) is None
+        differs = compute_dtype != next(model.parameters()).dtype
+        return {"own_copy": True, **({"dtype": compute_dtype} if plain and differs else {})}
+
     def computes_like(self, model: torch.nn.Module) -> bool:
-        """The same transformers forward as the trainer's: True when the parameter dtypes agree."""
-        return next(self.model.parameters()).dtype == next(model.parameters()).dtype
+        """The same transformers forward as the trainer's: True when both compute alike
+        (:func:`rlft.precision.compute_kind`: the same dtype, or the same autocast)."""
+        return compute_kind(self.model) == compute_kind(model)
 
     # ------------------------------------------------------------------------------ sampling
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
-        sampling = {} if params.greedy else {
-            "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
-        }
+        """``generate``'s settings without warpers of its own (:meth:`_warpers` are passed to it)."""
+        sampling = {} if params.greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
         return GenerationConfig(
             do_sample=not params.greedy,
             **sampling,
@@ -152,7 +163,6 @@ class HFEngine(RolloutEngine):
             bos_token_id=self.tokenizer.bos_token_id,
             num_beams=1,
             use_cache=True,
-            output_scores=True,
             return_dict_in_generate=True,
         )
 
@@ -168,17 +178,12 @@ class HFEngine(RolloutEngine):
             self.model.generation_config = saved_config
             self.model.train(was_training)
 
-    def _rows_per_call(self, params: SamplingParams) -> int:
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        budget = SCORES_BUDGET_BYTES // (4 * vocab * params.max_new_tokens)
-        return max(1, min(self.max_batch_rows, budget))
-
     def generate(
         self, prompts: list[str], n: int, params: SamplingParams, seed: int | None = None
     ) -> Generation:
         ids, mask = encode_prompts(self.tokenizer, prompts, n)
         prompt_ids, prompt_mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-        step = self._rows_per_call(params)
+        step = self.max_batch_rows
         device = self.model.device
         rng = (torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
                if seed is not None else nullcontext())
@@ -286,12 +291,18 @@ class HFEngine(RolloutEngine):
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
     def _generate_with_hf(self, ids: Tensor, mask: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]:
-        """:meth:`_sample` through transformers' ``generate`` (for models the own loop does not cover)."""
+        """:meth:`_sample` through transformers' ``generate`` (for models the own loop does not cover).
+
+        The warpers are passed to ``generate`` as logits processors, in its own order, then
+        :class:`_KeepLogSoftmax` and :class:`_RecordChosen` record the log-prob of each drawn token:
+        no [rows, steps, vocab] scores are kept."""
+        kept = _KeepLogSoftmax()
+        chosen = _RecordChosen(kept)
         out = self.model.generate(input_ids=ids, attention_mask=mask.long(),
-                                  generation_config=self._generation_config(params))
-        tokens = out.sequences[:, ids.shape[1]:]
-        scores = at_least_float32(torch.stack(out.scores, dim=1))  # [b, T, V], what was sampled from
-        return tokens, torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+                                  generation_config=self._generation_config(params),
+                                  logits_processor=LogitsProcessorList([*self._warpers(params), kept]),
+                                  stopping_criteria=StoppingCriteriaList([chosen]))
+        return out.sequences[:, ids.shape[1]:], torch.stack(chosen.logprobs, dim=1)
 
     def _finish_chunk(self, tokens: Tensor, logprobs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mask everything after the first stop token: (tokens, completion mask, log-probs), 0 / pad after it."""
@@ -301,6 +312,31 @@ class HFEngine(RolloutEngine):
         tokens = tokens.masked_fill(~completion_mask, self.tokenizer.pad_token_id)
         logprobs = torch.where(completion_mask, logprobs, torch.zeros_like(logprobs))
         return tokens, completion_mask, logprobs
+
+
+class _KeepLogSoftmax(LogitsProcessor):
+    """The last logits processor of a ``generate`` call: keeps this step's log-softmax of the scores
+    about to be drawn from, [rows, vocab] (one step's only), and passes them on unchanged."""
+
+    def __init__(self) -> None:
+        self.last: Tensor | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self.last = torch.log_softmax(at_least_float32(scores), dim=-1)
+        return scores
+
+
+class _RecordChosen(StoppingCriteria):
+    """A stopping criterion that stops nothing: called once each drawn token is appended, it records
+    the token's entry of :class:`_KeepLogSoftmax`'s log-softmax (its behaviour log-prob)."""
+
+    def __init__(self, kept: _KeepLogSoftmax) -> None:
+        self.kept = kept
+        self.logprobs: list[Tensor] = []
+
+    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
+        self.logprobs.append(self.kept.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _pad_right(t: Tensor, width: int, value) -> Tensor:

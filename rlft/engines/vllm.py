@@ -321,6 +321,11 @@ class VLLMEngine(RolloutEngine):
             tokenizer's EOS plus the model generation config's EOS ids (as the HF engine).
         enable_prefix_caching: share the prompt's KV cache between the ``n`` samples of a prompt.
             The cache is emptied at each :meth:`generate` and :meth:`load_weights`.
+        sleep_mode: vLLM's sleep mode (CUDA only, as TRL's ``vllm_enable_sleep_mode``): the engine is
+            awake only inside :meth:`generate` (weights and KV cache) and :meth:`load_weights` (the
+            weights), and sleeps at level 1 otherwise (weights offloaded to CPU memory, KV cache
+            freed), so the trainer beside it has the GPU memory while it learns. The trainer turns it
+            on for a colocated engine on CUDA (:mod:`rlft.engines.colocate`).
         **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``gpu_memory_utilization`` on CUDA,
             ``tensor_parallel_size``).
     """
@@ -334,6 +339,7 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: bool = True,
         stop_token_ids: list[int] | None = None,
         enable_prefix_caching: bool = True,
+        sleep_mode: bool = False,
         **llm_kwargs,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -354,7 +360,8 @@ class VLLMEngine(RolloutEngine):
         limit = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
         self.max_model_len = int(max_model_len or min(limit, DEFAULT_MAX_MODEL_LEN))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.dtype = model.dtype
+        #: what vLLM computes in: ``dtype`` in ``llm_kwargs`` (bfloat16 under mixed precision), else the model's
+        self.dtype = getattr(torch, str(llm_kwargs.pop("dtype", model.dtype)).removeprefix("torch."))
         self.version = 0
 
         # vLLM loads from a folder: the trainer's weights as they are now (not the preset's files).
@@ -373,6 +380,7 @@ class VLLMEngine(RolloutEngine):
             generation_config="vllm",  # ignore the model's sampling defaults
             skip_tokenizer_init=True,  # prompts arrive as token ids; texts are decoded here
             seed=0,
+            **({"enable_sleep_mode": True} if sleep_mode else {}),
         )
         if current_platform.is_cpu():
             # With chunked prefill a prompt may be split over two steps; vLLM then rewinds the
@@ -390,6 +398,28 @@ class VLLMEngine(RolloutEngine):
             bind_process(self.cores)
         with _preserve_global_rng():
             self.llm = vllm.LLM(**options)
+        self.sleep_mode = sleep_mode
+        if sleep_mode:
+            self.llm.sleep(level=1)
+
+    @contextmanager
+    def _awake(self, tags: list[str] | None = None) -> Iterator[None]:
+        """With ``sleep_mode``: wake (the weights only, or everything) for the block, then sleep at
+        level 1 again (weights to CPU memory, KV cache freed); without it, nothing."""
+        if not self.sleep_mode:
+            yield
+            return
+        self.llm.wake_up(tags=tags)
+        try:
+            yield
+        finally:
+            self.llm.sleep(level=1)
+
+    @classmethod
+    def options(cls, model, *, compute_dtype: torch.dtype, sharded: bool, own_weights: bool) -> dict:
+        """vLLM always holds its own weights; it computes in the trainer's compute dtype (bfloat16
+        under mixed precision, whose float32 master weights it receives)."""
+        return {"dtype": str(compute_dtype).removeprefix("torch.")} if compute_dtype in SUPPORTED_DTYPES else {}
 
     # ------------------------------------------------------------------------------ weights
     def load_weights(self, state_dict: Mapping[str, Tensor]) -> None:
@@ -405,7 +435,7 @@ class VLLMEngine(RolloutEngine):
             for name, tensor in state.items():
                 yield name, tensor.detach().to(dtype=self.dtype)
 
-        with _preserve_global_rng():
+        with _preserve_global_rng(), self._awake(["weights"]):
             self.llm.collective_rpc("reload_weights",
                                     kwargs={"weights_iterator": weights(), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
@@ -448,8 +478,8 @@ class VLLMEngine(RolloutEngine):
         requests = [TokensPrompt(prompt_token_ids=t) for t in token_lists]
         per_request = 1 if params.greedy else n  # vLLM wants n = 1 for greedy: rows are repeated below
         sampling = [self._sampling_params(params, per_request, base + i * n) for i in range(len(prompts))]
-        self.llm.reset_prefix_cache()  # same result whatever was generated before
-        with _preserve_global_rng():
+        with _preserve_global_rng(), self._awake():
+            self.llm.reset_prefix_cache()  # same result whatever was generated before
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
 
         rows: list[tuple[list[int], list[float]]] = []

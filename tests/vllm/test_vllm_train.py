@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rlft.engines.vllm import VLLMEngine
-from rlft.policy import score_batch
+from rlft.scoring import score_batch
 from rlft.trainer import TrainConfig, Trainer
 from tolerances import logprob_tolerance  # tests/tolerances.py
 
