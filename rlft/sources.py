@@ -105,13 +105,18 @@ class EngineSource(BehaviorSource):
 
 
 class RefPoolSource(BehaviorSource):
-    """pi_ref samples drawn once per prompt (seeded by the prompt's id) and reused: an offline set."""
+    """pi_ref samples drawn once per prompt (seeded by the prompt's id) and reused: an offline set.
+
+    ``ref_engine`` is an engine on pi_ref, or a function that builds one the first time a prompt is
+    drawn (the trainer's, when no off-policy group will be: no second engine is started).
+    """
 
     tag = "ref"
 
-    def __init__(self, ref_engine: RolloutEngine, prompt_fn: PromptFn, reward_fn: RewardFn,
-                 params: SamplingParams, seed: int) -> None:
-        self.sampler = EngineSource(ref_engine, prompt_fn, reward_fn, params, "ref", True, lambda: -1)
+    def __init__(self, ref_engine: RolloutEngine | Callable[[], RolloutEngine], prompt_fn: PromptFn,
+                 reward_fn: RewardFn, params: SamplingParams, seed: int) -> None:
+        self.ref_engine, self.prompt_fn, self.reward_fn, self.params = ref_engine, prompt_fn, reward_fn, params
+        self.sampler: EngineSource | None = None
         self.seed = seed
         self.pool: dict[str, Batch] = {}
         # the engine records log softmax(logits / temperature) of the token it drew: pi_ref's
@@ -121,6 +126,10 @@ class RefPoolSource(BehaviorSource):
     def sample(self, problems: Sequence[Problem], n: int, seed: int) -> Batch:
         missing = [p for p in problems if p.id not in self.pool]
         if missing:
+            if self.sampler is None:
+                engine = self.ref_engine if isinstance(self.ref_engine, RolloutEngine) else self.ref_engine()
+                self.sampler = EngineSource(engine, self.prompt_fn, self.reward_fn, self.params, "ref", True,
+                                            lambda: -1)
             fresh = self.sampler.sample(missing, n, stable_seed(self.seed, "ref-pool", *(p.id for p in missing)))
             for problem, group in zip(missing, fresh.group_slices(1)):
                 self.pool[problem.id] = group

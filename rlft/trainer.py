@@ -174,8 +174,10 @@ class Trainer:
     def _behavior_source(self, kind: str, arg: str):
         """The ``--behavior`` source; the ``ref`` pool and ``stale:K`` sample with the run's engine class."""
         if kind == "ref":
-            return RefPoolSource(self._engine(self.ref_model), self.prompt, self.grader, self.sampling,
-                                 self.config.seed)
+            # a run without off-policy groups starts no engine on pi_ref; otherwise every process builds it
+            # now, together (a vLLM engine's start-up is a collective under several processes)
+            engine = self._engine(self.ref_model) if self.config.offpolicy > 0 else lambda: self._engine(self.ref_model)
+            return RefPoolSource(engine, self.prompt, self.grader, self.sampling, self.config.seed)
         if kind == "stale":
             return StaleSource(self._engine(self.model, own_weights=True), int(arg), self.prompt, self.grader,
                                self.sampling, self.model.state_dict(), self.rank, self.accelerator.device)
